@@ -1,0 +1,204 @@
+"""Every setting of the gateway, parsed and validated once at start-up.
+
+Production is the default: development and testing are opted into with
+``FLASK_ENV``. A bad value raises :class:`ConfigError` whose message is one line
+naming the variable, so an operator sees the cause instead of a traceback at
+the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from config.parsers import (
+    ConfigError,
+    parse_bool,
+    parse_choice,
+    parse_float,
+    parse_http_url,
+    parse_int,
+    parse_limit,
+    parse_limits,
+    parse_origins,
+    parse_redis_url,
+    parse_str,
+    parse_url_or_path,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DevelopmentConfig",
+    "ProductionConfig",
+    "TestingConfig",
+    "load_config",
+]
+
+# Values that are never acceptable as a production SECRET_KEY, whatever their length.
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "dev", "development", "test", "please-change"}
+MIN_SECRET_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: how to parse it and its default per environment."""
+
+    env: str
+    parse: Callable[[str, str], Any]
+    default: Any = None
+
+
+# The one table of environment variables (CONTRACT section 2 plus operational knobs).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SECRET_KEY", parse_str),
+    # Keys the API-key digests; defaults to SECRET_KEY. Changing it invalidates every key.
+    Setting("API_KEY_HMAC_SECRET", parse_str),
+    Setting("REDIS_URL", parse_redis_url),
+    Setting("PORT", parse_int, 10000),
+    Setting("WEB_CONCURRENCY", parse_int, 2),
+    Setting("TRUSTED_PROXY_COUNT", parse_int, 1),
+    Setting("FORCE_HTTPS", parse_bool, True),
+    Setting("CORS_ORIGINS", parse_origins, ()),
+    Setting("RATELIMIT_DEFAULT", parse_limit, "120/minute"),
+    Setting("RATELIMIT_ANONYMOUS", parse_limit, "30/minute"),
+    Setting("RATELIMIT_LOGIN", parse_limits, "5/minute"),
+    Setting("RATELIMIT_FAIL_OPEN", parse_bool, False),
+    Setting("COMMAND_CENTER_URL", parse_url_or_path, "/docs"),
+    Setting("AGENT_BACKEND", parse_choice("builtin", "openai"), "builtin"),
+    Setting("AGENT_BUILTIN_DELAY_MS", parse_int, 100),
+    Setting("OPENAI_BASE_URL", parse_http_url),
+    Setting("OPENAI_API_KEY", parse_str),
+    Setting("OPENAI_MODEL", parse_str, "gpt-4o-mini"),
+    Setting("OPENAI_CONNECT_TIMEOUT", parse_float, 3.0),
+    Setting("OPENAI_READ_TIMEOUT", parse_float, 30.0),
+    Setting("ENABLE_METRICS", parse_bool, True),
+    Setting("ENABLE_STREAMING", parse_bool, True),
+    Setting("MAX_CONTENT_LENGTH", parse_int, 1024 * 1024),
+    Setting("REDIS_SOCKET_TIMEOUT", parse_float, 0.5),
+    Setting("REDIS_CONNECT_TIMEOUT", parse_float, 0.5),
+    Setting("REDIS_MAX_CONNECTIONS", parse_int, 200),
+    Setting("STREAM_MAX_CONCURRENT_PER_KEY", parse_int, 5),
+    Setting("STREAM_MAX_SECONDS", parse_int, 300),
+    Setting("STREAM_HEARTBEAT_SECONDS", parse_float, 15.0),
+    Setting("EVENTS_MAX_LENGTH", parse_int, 100_000),
+    Setting("LOG_LEVEL", parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+)
+
+
+class Config:
+    """Base settings shared by every environment; subclasses change defaults only."""
+
+    ENV_NAME = "base"
+    DEBUG = False
+    TESTING = False
+    # Per-environment defaults that differ from the SETTINGS table.
+    DEFAULTS: Mapping[str, Any] = {}
+    REQUIRED: tuple[str, ...] = ()
+    # API clients are programs: never redirect them to a login page.
+    SESSION_COOKIE_NAME = "gw_session"
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SECURE = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    JSON_SORT_KEYS = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Parse every variable of SETTINGS from ``environ`` into a Flask config dict."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {k: getattr(cls, k) for k in dir(cls) if k.isupper()}
+        for setting in SETTINGS:
+            raw = env.get(setting.env)
+            if raw is None or raw.strip() == "":
+                default = cls.DEFAULTS.get(setting.env, setting.default)
+                values[setting.env] = _parse_default(setting, default)
+            else:
+                values[setting.env] = setting.parse(setting.env, raw.strip())
+        values["FLASK_ENV"] = cls.ENV_NAME
+        cls.validate(values)
+        return values
+
+    @classmethod
+    def validate(cls, values: Mapping[str, Any]) -> None:
+        """Refuse settings that cannot work together; one line naming the variable."""
+        for name in cls.REQUIRED:
+            if not values.get(name):
+                raise ConfigError(f"{name} is required when FLASK_ENV={cls.ENV_NAME}")
+        if values["AGENT_BACKEND"] == "openai" and not values["OPENAI_BASE_URL"]:
+            raise ConfigError("OPENAI_BASE_URL is required when AGENT_BACKEND=openai")
+        for name in ("PORT", "WEB_CONCURRENCY", "MAX_CONTENT_LENGTH", "STREAM_MAX_SECONDS"):
+            if values[name] <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {values[name]}")
+        if values["TRUSTED_PROXY_COUNT"] < 0 or values["AGENT_BUILTIN_DELAY_MS"] < 0:
+            raise ConfigError("TRUSTED_PROXY_COUNT and AGENT_BUILTIN_DELAY_MS cannot be negative")
+
+
+def _parse_default(setting: Setting, default: Any) -> Any:
+    """Defaults are written as they would appear in the environment when they are strings."""
+    if isinstance(default, str) and setting.parse is not parse_str:
+        return setting.parse(setting.env, default)
+    return default
+
+
+class ProductionConfig(Config):
+    """The default: https, secure cookies, one trusted proxy (Render), strict secrets."""
+
+    ENV_NAME = "production"
+    REQUIRED = ("SECRET_KEY", "REDIS_URL")
+
+    @classmethod
+    def validate(cls, values: Mapping[str, Any]) -> None:
+        super().validate(values)
+        secret = values["SECRET_KEY"]
+        if secret.lower() in _PLACEHOLDER_SECRETS or len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"SECRET_KEY is too weak: use at least {MIN_SECRET_LENGTH} random characters "
+                '(python -c "import secrets; print(secrets.token_urlsafe(48))")'
+            )
+
+
+class DevelopmentConfig(Config):
+    """Opted into for `make run`: plain http on localhost, no proxy in front."""
+
+    ENV_NAME = "development"
+    DEBUG = False  # the reloader would fork under gunicorn; debug pages stay off
+    SESSION_COOKIE_SECURE = False
+    DEFAULTS = {
+        "SECRET_KEY": "development-only-secret-key-not-for-production",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "TRUSTED_PROXY_COUNT": 0,
+        "FORCE_HTTPS": False,
+    }
+
+
+class TestingConfig(Config):
+    """For the suite: no pacing delay, no https redirect; Redis comes from the fixture."""
+
+    ENV_NAME = "testing"
+    TESTING = True
+    SESSION_COOKIE_SECURE = False
+    REQUIRED = ("REDIS_URL",)
+    DEFAULTS = {
+        "SECRET_KEY": "testing-secret-key-that-is-long-enough-0123456789",
+        "TRUSTED_PROXY_COUNT": 0,
+        "FORCE_HTTPS": False,
+        "AGENT_BUILTIN_DELAY_MS": 0,
+    }
+
+
+CONFIGS: dict[str, type[Config]] = {
+    "production": ProductionConfig,
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+}
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Pick the config class from FLASK_ENV (production by default) and parse the environment."""
+    env = os.environ if environ is None else environ
+    name = (env.get("FLASK_ENV") or "production").strip().lower()
+    if name not in CONFIGS:
+        raise ConfigError(f"FLASK_ENV must be one of {', '.join(CONFIGS)}, got {name!r}")
+    return CONFIGS[name].from_env(env)

@@ -1,0 +1,110 @@
+"""Parsers for environment values: each takes (variable name, raw text) and
+returns the value or raises ConfigError with one line naming the variable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from limits import parse_many
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message is one line naming the variable."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_str(name: str, raw: str) -> str:
+    return raw
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def parse_float(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def parse_limits(name: str, raw: str) -> str:
+    """A Flask-Limiter limit string such as ``100/minute`` or ``10/second;1000/day``."""
+    try:
+        if parse_many(raw):
+            return raw
+    except ValueError:
+        pass
+    raise ConfigError(f"{name} must be a rate limit such as '100/minute', got {raw!r}")
+
+
+def parse_limit(name: str, raw: str) -> str:
+    """Exactly one limit: the default and anonymous limits are single windows."""
+    value = parse_limits(name, raw)
+    if len(parse_many(value)) != 1:
+        raise ConfigError(f"{name} must be a single rate limit such as '100/minute', got {raw!r}")
+    return value
+
+
+def parse_redis_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{name} must start with redis://, rediss:// or unix://, got scheme {parts.scheme!r}"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"{name} must name a host, such as redis://localhost:6379/0")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        raise ConfigError(f"{name} has a malformed port") from None
+    return raw
+
+
+def parse_http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def parse_url_or_path(name: str, raw: str) -> str:
+    """An absolute http(s) URL or a path on this gateway (redirect targets)."""
+    if raw.startswith("/") and not raw.startswith("//"):
+        return raw
+    return parse_http_url(name, raw)
+
+
+def parse_origins(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated allow-list of origins; '*' is refused because it cannot carry credentials."""
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ConfigError(f"{name} entries must be origins like https://app.example.com, got {origin!r}")
+    return origins
+
+
+def parse_choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return raw
+
+    return parse

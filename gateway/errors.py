@@ -1,0 +1,109 @@
+"""One JSON error shape for every error the gateway answers (CONTRACT section 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from gateway.redis import REDIS_UNAVAILABLE
+
+# Sentences for statuses whose Werkzeug description is written for HTML pages.
+_MESSAGES: dict[int, str] = {
+    400: "The request could not be understood.",
+    401: "Authentication is required: send an API key as 'Authorization: Bearer <key>' or 'X-API-Key'.",
+    403: "The credentials given do not allow this request.",
+    404: "The requested resource was not found.",
+    405: "The method is not allowed for the requested URL.",
+    409: "The request conflicts with the current state of the resource.",
+    413: "The request body is larger than the gateway accepts.",
+    415: "The request body must be JSON (Content-Type: application/json).",
+    429: "Too many requests: slow down and retry after the time given.",
+    500: "The gateway hit an unexpected error; it has been logged.",
+    503: "A service the gateway depends on is unavailable; retry shortly.",
+}
+
+
+class APIError(HTTPException):
+    """Raise from views and services' callers for a contract error with a specific message."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(description=message or error)
+        self.code = status
+        self.error = error
+        self.message = message or error
+        self.extra_headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+def error_response(
+    status: int,
+    error: str | None = None,
+    message: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """Build the contract's error body: error, status_code, message, path (+ extra fields)."""
+    reason = error or HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "error": reason,
+        "status_code": status,
+        "message": message or _MESSAGES.get(status) or reason,
+        "path": request.path,
+    }
+    body.update(extra)
+    response = jsonify(body)
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    if status == 401:
+        response.headers.setdefault("WWW-Authenticate", "Bearer")
+    return response
+
+
+def _from_http_exception(exc: HTTPException) -> Response:
+    if isinstance(exc, APIError):
+        return error_response(exc.code, exc.error, exc.message, headers=exc.extra_headers, **exc.extra)
+    status = exc.code or 500
+    # Werkzeug's own descriptions are generic HTML-page prose; keep ours unless a view gave one.
+    description = exc.description if exc.description != type(exc).description else None
+    kept = {k: v for k, v in exc.get_headers() if k in ("Allow", "Retry-After", "WWW-Authenticate")}
+    return error_response(status, message=description, headers=kept)
+
+
+def _unexpected(exc: Exception) -> Response:
+    # Log with the traceback for operators; the client gets the generic sentence only.
+    current_app.logger.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500)
+
+
+def _redis_unavailable(exc: Exception) -> Response:
+    current_app.logger.warning(
+        "redis unavailable on %s %s: %s", request.method, request.path, type(exc).__name__
+    )
+    return error_response(
+        503,
+        "Service Unavailable",
+        "The data store is unavailable; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+def init_app(app: Flask) -> None:
+    """Route every error through error_response()."""
+    app.register_error_handler(HTTPException, _from_http_exception)
+    for exc_type in REDIS_UNAVAILABLE:
+        app.register_error_handler(exc_type, _redis_unavailable)
+    app.register_error_handler(Exception, _unexpected)
