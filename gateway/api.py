@@ -1,0 +1,108 @@
+"""Request schemas on views: one source for validation and for the OpenAPI document.
+
+Views declare their pydantic models with :func:`endpoint`; they validate input
+with :func:`parse_json` / :func:`parse_query` against those same models, and
+``/openapi.json`` is built from the declarations and the URL map, so the
+document cannot drift from what the code accepts.
+
+Why pydantic directly rather than spectree or flask-openapi3: those libraries
+own validation and answer with their own error bodies, while the contract fixes
+both the error shape and the FastAPI-era messages word for word
+("session_id is required", ...). Pydantic gives the models, the validation and
+the JSON Schema; this module adds the contract's messages and the metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from flask import request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gateway.errors import APIError
+
+F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound=BaseModel)
+ENDPOINT_ATTR = "_gateway_endpoint"
+NO_JSON = "No JSON data provided"
+
+
+class Schema(BaseModel):
+    """Base for request models. ``error_messages`` maps a field, or (field, pydantic error
+    type), to the exact message the contract gives for it."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+    error_messages: ClassVar[Mapping[str | tuple[str, str], str]] = {}
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """What the OpenAPI document says about one view."""
+
+    summary: str
+    tags: tuple[str, ...] = ()
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    # status -> response model, or a plain description for non-JSON answers.
+    responses: Mapping[int, type[BaseModel] | str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+def endpoint(
+    summary: str,
+    *,
+    tags: tuple[str, ...] = (),
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    responses: Mapping[int, type[BaseModel] | str] | None = None,
+    content_type: str = "application/json",
+) -> Callable[[F], F]:
+    """Attach schema metadata to a view (read by the OpenAPI builder)."""
+    spec = EndpointSpec(summary, tags, body, query, dict(responses or {}), content_type)
+
+    def decorate(view: F) -> F:
+        setattr(view, ENDPOINT_ATTR, spec)
+        return view
+
+    return decorate
+
+
+def endpoint_spec(view: Callable[..., Any]) -> EndpointSpec | None:
+    return getattr(view, ENDPOINT_ATTR, None)
+
+
+def _message_for(model: type[BaseModel], error: Mapping[str, Any]) -> str:
+    loc = error.get("loc") or ("body",)
+    name = str(loc[0])
+    messages: Mapping[str | tuple[str, str], str] = getattr(model, "error_messages", {})
+    specific = messages.get((name, error["type"])) or messages.get(name)
+    if specific:
+        return specific
+    where = ".".join(str(part) for part in loc)
+    return f"{where}: {error['msg']}"
+
+
+def validate(model: type[M], data: Any) -> M:
+    """Validate ``data`` or raise a 400 APIError with the first field's contract message."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise APIError(400, _message_for(model, exc.errors()[0])) from None
+
+
+def parse_json(model: type[M]) -> M:
+    """The request body as ``model``: 415 when it is not JSON, 400 when it is missing or invalid."""
+    raw = request.get_data(cache=True)
+    if raw.strip() and not request.is_json:
+        raise APIError(415, "Unsupported Media Type")
+    data = request.get_json(silent=True) if raw.strip() else None
+    if not isinstance(data, dict) or not data:
+        raise APIError(400, NO_JSON)
+    return validate(model, data)
+
+
+def parse_query(model: type[M]) -> M:
+    """Query-string parameters as ``model`` (first value of each name)."""
+    return validate(model, request.args.to_dict())
