@@ -6,7 +6,15 @@ behind streams. gevent serves each connection on a greenlet: thousands of
 mostly idle streams cost a few KB each and /healthz stays fast. gevent's
 worker also notifies the arbiter from its own greenlet, so a long, quiet stream
 is not killed by the worker timeout. Redis and HTTP clients are made
-cooperative by gevent's monkey-patching, done by the worker before it loads the app.
+cooperative by gevent's monkey-patching, done by the worker before it loads the
+app (hence no ``preload_app``: the app must be imported after the patching).
+
+Shutdown: SIGTERM (Docker stop, a Render deploy) is graceful: workers stop
+accepting, finish in-flight requests and streams for up to
+GUNICORN_GRACEFUL_TIMEOUT seconds, then are killed. SIGINT/SIGQUIT stop at once.
+
+Every value comes from the environment through config.SETTINGS, so a bad one is
+refused here, in the master, with one line, instead of crash-looping workers.
 """
 
 from __future__ import annotations
@@ -16,26 +24,34 @@ import sys
 
 from config import ConfigError, load_config
 
-# Refuse to start in the master, with one line, rather than crash-loop the workers.
 try:
     _settings = load_config()
 except ConfigError as exc:
     sys.stderr.write(f"gateway: configuration error: {exc}\n")
     sys.exit(1)
 
-# All interfaces: the container's port is what Render and Docker publish.
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_settings['PORT']}"  # noqa: S104
+proc_name = "royal-gateway"
+# HOST defaults to all interfaces: the container's port is what Render and Docker publish.
+bind = f"{_settings['HOST']}:{_settings['PORT']}"
 workers = _settings["WEB_CONCURRENCY"]
 worker_class = "gevent"
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "2000"))
-timeout = 30  # a worker silent this long is restarted (gevent keeps heartbeating during streams)
-graceful_timeout = 20  # open streams get this long to finish on deploy/restart
-keepalive = 5  # a little over typical proxy idle timeouts (Render's is a few seconds)
+# Open connections (greenlets) per worker; SSE streams count here until they end.
+worker_connections = _settings["WORKER_CONNECTIONS"]
+timeout = _settings["GUNICORN_TIMEOUT"]  # a worker silent this long is restarted
+graceful_timeout = _settings["GUNICORN_GRACEFUL_TIMEOUT"]
+keepalive = _settings["GUNICORN_KEEPALIVE"]  # a little over typical proxy idle timeouts
 # ProxyFix in the app is the one place that decides which X-Forwarded-* headers to believe.
 forwarded_allow_ips = ""
+# gunicorn >= 25.1 opens a control socket at one fixed path per user: several instances
+# (the test suite, two checkouts) would replace each other's. Nothing here uses gunicornc.
+control_socket_disable = True
 accesslog = None  # the app writes structured access lines itself
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
-# Bound a worker's life so slow leaks in dependencies cannot accumulate forever.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+loglevel = _settings["GUNICORN_LOG_LEVEL"]
+# Bound a worker's life (0 = never) so slow leaks in dependencies cannot accumulate forever.
+max_requests = _settings["GUNICORN_MAX_REQUESTS"]
 max_requests_jitter = max_requests // 10
+# Workers' heartbeat files on tmpfs: a container's overlay disk can stall them into timeouts.
+_SHM = "/dev/shm"  # noqa: S108 - heartbeat files only, no data
+if os.path.isdir(_SHM):
+    worker_tmp_dir = _SHM

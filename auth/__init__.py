@@ -11,8 +11,12 @@ __all__ = ["Identity", "authenticated", "current_identity", "init_app", "public"
 
 
 def init_app(app: Flask) -> None:
-    """Bind Flask-Login and the deny-by-default guard to ``app``."""
-    from auth import loaders
+    """Bind Flask-Login, server-side sessions, the origin check, the deny-by-default guard and the CLI."""
+    from auth import cli, loaders, origin
 
     loaders.init_app(app)
+    # The origin check runs first: a cross-site change is refused before anything else looks at it.
+    app.before_request(origin.check_origin)
     app.before_request(enforce_access)
+    app.cli.add_command(cli.keys_cli)
+    app.cli.add_command(cli.users_cli)

@@ -59,9 +59,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REDIS_URL", parse_redis_url),
     Setting("PORT", parse_int, 10000),
     Setting("WEB_CONCURRENCY", parse_int, 2),
+    # gunicorn only (gunicorn.conf.py): interface, greenlets per worker, timeouts in seconds.
+    Setting("HOST", parse_str, "0.0.0.0"),  # noqa: S104 - a container publishes its port
+    Setting("WORKER_CONNECTIONS", parse_int, 1000),
+    Setting("GUNICORN_TIMEOUT", parse_int, 30),
+    Setting("GUNICORN_GRACEFUL_TIMEOUT", parse_int, 20),
+    Setting("GUNICORN_KEEPALIVE", parse_int, 5),
+    Setting("GUNICORN_MAX_REQUESTS", parse_int, 0),
+    Setting("GUNICORN_LOG_LEVEL", parse_choice("debug", "info", "warning", "error", "critical"), "info"),
     Setting("TRUSTED_PROXY_COUNT", parse_int, 1),
     Setting("FORCE_HTTPS", parse_bool, True),
     Setting("CORS_ORIGINS", parse_origins, ()),
+    # Admin console sessions (server-side in Redis): idle and absolute lifetimes.
+    Setting("SESSION_IDLE_MINUTES", parse_int, 30),
+    Setting("SESSION_ABSOLUTE_HOURS", parse_int, 12),
     Setting("RATELIMIT_DEFAULT", parse_limit, "120/minute"),
     Setting("RATELIMIT_ANONYMOUS", parse_limit, "30/minute"),
     Setting("RATELIMIT_LOGIN", parse_limits, "5/minute"),
@@ -74,6 +85,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OPENAI_MODEL", parse_str, "gpt-4o-mini"),
     Setting("OPENAI_CONNECT_TIMEOUT", parse_float, 3.0),
     Setting("OPENAI_READ_TIMEOUT", parse_float, 30.0),
+    # Per-process circuit breaker on the openai backend: opens after this many consecutive
+    # failures and refuses at once for the cool-down, then lets one trial call through.
+    Setting("OPENAI_BREAKER_FAILURES", parse_int, 5),
+    Setting("OPENAI_BREAKER_COOLDOWN_SECONDS", parse_float, 30.0),
     Setting("ENABLE_METRICS", parse_bool, True),
     Setting("ENABLE_STREAMING", parse_bool, True),
     Setting("MAX_CONTENT_LENGTH", parse_int, 1024 * 1024),
@@ -83,6 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STREAM_MAX_CONCURRENT_PER_KEY", parse_int, 5),
     Setting("STREAM_MAX_SECONDS", parse_int, 300),
     Setting("STREAM_HEARTBEAT_SECONDS", parse_float, 15.0),
+    # How long a stream's frames stay in Redis for resuming after Last-Event-ID.
+    Setting("STREAM_RESUME_SECONDS", parse_int, 300),
     Setting("EVENTS_MAX_LENGTH", parse_int, 100_000),
     Setting("LOG_LEVEL", parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
 )
@@ -128,7 +145,9 @@ class Config:
                 raise ConfigError(f"{name} is required when FLASK_ENV={cls.ENV_NAME}")
         if values["AGENT_BACKEND"] == "openai" and not values["OPENAI_BASE_URL"]:
             raise ConfigError("OPENAI_BASE_URL is required when AGENT_BACKEND=openai")
-        for name in ("PORT", "WEB_CONCURRENCY", "MAX_CONTENT_LENGTH", "STREAM_MAX_SECONDS"):
+        positive = ("PORT", "WEB_CONCURRENCY", "MAX_CONTENT_LENGTH", "STREAM_MAX_SECONDS")
+        positive += ("SESSION_IDLE_MINUTES", "SESSION_ABSOLUTE_HOURS")
+        for name in (*positive, "WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT"):
             if values[name] <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {values[name]}")
         if values["TRUSTED_PROXY_COUNT"] < 0 or values["AGENT_BUILTIN_DELAY_MS"] < 0:

@@ -28,6 +28,15 @@ def _init_extensions(app: Flask) -> None:
 
     errors.init_app(app)
     redis_store.init_app(app)
+    from gateway import metrics
+
+    metrics.init_app(app)
+    # Request order (DESIGN.md): logs/request id, ProxyFix + https + Talisman + CORS, limiter, Flask-Login.
+    from gateway import logging, ratelimit, security
+
+    logging.init_app(app)
+    security.init_app(app)
+    ratelimit.init_app(app)
     auth.init_app(app)
 
 
@@ -36,3 +45,21 @@ def _register_blueprints(app: Flask) -> None:
 
     app.register_blueprint(health.bp)
     app.register_blueprint(main.bp)
+    from gateway import agents
+
+    app.register_blueprint(agents.bp)
+    from gateway import auth_routes
+    from gateway.admin import api as admin_api
+
+    app.register_blueprint(auth_routes.bp)
+    app.register_blueprint(admin_api.bp)
+    from gateway import events, jobs
+    from gateway.metrics.routes import bp as metrics_bp
+
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(events.bp)
+    jobs.init_app(app)
+    from gateway import console, openapi
+
+    openapi.init_app(app)
+    console.init_app(app)

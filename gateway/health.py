@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
 
 from auth import public
+from gateway.api import endpoint
 from gateway.extensions import get_redis
 from gateway.redis import REDIS_UNAVAILABLE
 
@@ -16,6 +19,16 @@ bp = Blueprint("health", __name__)
 # Endpoints the security layers (limiter, https redirect, access logs) leave alone.
 HEALTH_ENDPOINTS = frozenset({"health.healthz", "health.health", "health.readyz"})
 HEALTH_PATHS = frozenset({"/healthz", "/health", "/readyz"})
+TAGS = ("health",)
+
+
+class Readiness(BaseModel):
+    """Readiness report (200 ready, 503 not ready)."""
+
+    ready: bool
+    status: str
+    checks: dict[str, dict[str, Any]]
+    timestamp: str
 
 
 def _ok() -> Response:
@@ -24,6 +37,7 @@ def _ok() -> Response:
 
 @bp.get("/healthz")
 @public
+@endpoint("Liveness", tags=TAGS, responses={200: "ok"}, content_type="text/plain")
 def healthz() -> Response:
     """Liveness: the process answers; touches nothing else."""
     return _ok()
@@ -31,6 +45,7 @@ def healthz() -> Response:
 
 @bp.get("/health")
 @public
+@endpoint("Liveness (FastAPI-era name)", tags=TAGS, responses={200: "ok"}, content_type="text/plain")
 def health() -> Response:
     """Liveness, FastAPI-era name."""
     return _ok()
@@ -38,6 +53,7 @@ def health() -> Response:
 
 @bp.get("/readyz")
 @public
+@endpoint("Readiness", tags=TAGS, responses={200: Readiness, 503: Readiness})
 def readyz() -> tuple[Response, int]:
     """Readiness: Redis answers a PING within the client's timeout."""
     started = time.perf_counter()

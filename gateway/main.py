@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, redirect
+from pydantic import BaseModel
 
 from auth import public
+from gateway.api import endpoint
 from gateway.version import SERVICE_NAME, __version__
 
 bp = Blueprint("main", __name__)
@@ -29,12 +31,35 @@ ENDPOINTS: dict[str, str] = {
 }
 
 
+TAGS = ("main",)
+
+
+class ServiceInfo(BaseModel):
+    """Service identity and the map of endpoints."""
+
+    service: str
+    status: str
+    version: str
+    backend: str
+    endpoints: dict[str, str]
+
+
+class DocsInfo(BaseModel):
+    """FastAPI-era docs summary."""
+
+    message: str
+    version: str
+    backend: str
+    endpoints: dict[str, str]
+
+
 def _service_info() -> dict[str, Any]:
     return {"version": __version__, "backend": "flask", "endpoints": ENDPOINTS}
 
 
 @bp.get("/")
 @public
+@endpoint("Service identity", tags=TAGS, responses={200: ServiceInfo})
 def root() -> Response:
     """Service identity and the map of endpoints."""
     return jsonify({"service": SERVICE_NAME, "status": "ok", **_service_info()})
@@ -42,6 +67,7 @@ def root() -> Response:
 
 @bp.get("/docs")
 @public
+@endpoint("FastAPI-era docs summary", tags=TAGS, responses={200: DocsInfo})
 def docs() -> Response:
     """FastAPI-era docs summary; the full document is /openapi.json."""
     return jsonify(
@@ -51,6 +77,7 @@ def docs() -> Response:
 
 @bp.get("/command-center")
 @public
+@endpoint("Command center", tags=TAGS, responses={307: "Redirect to COMMAND_CENTER_URL."})
 def command_center() -> Response:
     """Redirect to the configured command center."""
     return redirect(current_app.config["COMMAND_CENTER_URL"], code=307)
@@ -59,6 +86,7 @@ def command_center() -> Response:
 @bp.get("/control-center")
 @bp.get("/dashboard")
 @public
+@endpoint("Old names of the command center", tags=TAGS, responses={307: "Redirect to /command-center."})
 def control_center() -> Response:
     """Old names of the command center."""
     return redirect("/command-center", code=307)
@@ -66,6 +94,7 @@ def control_center() -> Response:
 
 @bp.get("/favicon.ico")
 @public
+@endpoint("No favicon", tags=TAGS, responses={204: "No content."})
 def favicon() -> Response:
     """No icon: an empty answer keeps browsers from logging 404s."""
     return Response(status=204)

@@ -1,0 +1,162 @@
+"""``flask --app wsgi keys ...`` and ``users create`` (CONTRACT section 6).
+
+Changes are audited with the actor ``cli``. Revocation and rotation reach every
+worker within the key cache's TTL (auth.cache), well under one second.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from typing import Any
+
+import click
+import redis
+from flask import current_app
+from flask.cli import AppGroup
+
+from auth import keys, management
+from auth.audit import Actor
+from auth.keys import KeyStateError
+from auth.loaders import pepper
+from auth.scopes import ALL_SCOPES
+from auth.users import UserExistsError
+from gateway.redis import redis_from_config
+
+keys_cli = AppGroup("keys", help="Create, list, revoke and rotate API keys.")
+users_cli = AppGroup("users", help="Manage admin users of the console.")
+
+
+def _redis() -> redis.Redis:
+    return redis_from_config(current_app.config)
+
+
+def _actor() -> Actor:
+    # The OS account is the best "who" a shell offers; the owner stays "cli".
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown"
+    return Actor(owner="cli", name=name)
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def _print_secret(view: dict[str, Any], verb: str) -> None:
+    click.echo(f"{verb} key {view['id']} ({view['name']}), scopes: {', '.join(view['scopes']) or '(none)'}")
+    click.echo(f"  key: {view['key']}")
+    click.echo("  Store it now: it is shown only this once and cannot be recovered.")
+
+
+@keys_cli.command("create")
+@click.option("--name", required=True, help="What the key is for, shown in lists and audit entries.")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(ALL_SCOPES), help="Repeat for each.")
+@click.option("--rate-limit", default=None, help="e.g. 100/minute (default: RATELIMIT_DEFAULT).")
+@click.option("--quota", default=None, help="e.g. 10000/day.")
+@click.option("--expires-in-days", type=click.IntRange(1, management.MAX_EXPIRES_IN_DAYS), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def create_key(
+    name: str,
+    scopes: tuple[str, ...],
+    rate_limit: str | None,
+    quota: str | None,
+    expires_in_days: int | None,
+    as_json: bool,
+) -> None:
+    """Create an API key and print its secret once."""
+    try:
+        # Checked here first only so that the message names the option the operator typed.
+        management.validate_limit("--rate-limit", rate_limit)
+        management.validate_limit("--quota", quota)
+        record, secret = management.create_key(
+            _redis(),
+            pepper=pepper(),
+            actor=_actor(),
+            name=name,
+            scopes=scopes,
+            rate_limit=rate_limit,
+            quota=quota,
+            expires_in_days=expires_in_days,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    view = keys.secret_view(record, secret)
+    if as_json:
+        _print_json(view)
+    else:
+        _print_secret(view, "Created")
+
+
+@keys_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (no secrets).")
+def list_keys(as_json: bool) -> None:
+    """List keys: id, name, prefix and last four, scopes, status."""
+    views = [keys.public_view(record) for record in keys.list_keys(_redis())]
+    if as_json:
+        _print_json(views)
+        return
+    if not views:
+        click.echo("No keys yet: flask --app wsgi keys create --name NAME --scope SCOPE")
+    for v in views:
+        shown = f"{v['prefix']}...{v['last4']}"
+        click.echo(
+            f"{v['id']}  {v['status']:<8} {shown}  {v['name']}  [{', '.join(v['scopes'])}]"
+            f"  created {v['created_at']}  expires {v['expires_at'] or 'never'}"
+            f"  last used {v['last_used_at'] or 'never'}"
+        )
+
+
+@keys_cli.command("revoke")
+@click.argument("key_id")
+def revoke_key(key_id: str) -> None:
+    """Revoke a key (every worker refuses it within one second)."""
+    record = management.revoke_key(_redis(), actor=_actor(), key_id=key_id)
+    if record is None:
+        raise click.ClickException(f"no key with id {key_id}")
+    click.echo(f"Revoked key {key_id} ({record['name']}) at {record['revoked_at']}")
+
+
+@keys_cli.command("rotate")
+@click.argument("key_id")
+@click.option("--grace-seconds", type=click.IntRange(0, management.MAX_GRACE_SECONDS), default=0)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def rotate_key(key_id: str, grace_seconds: int, as_json: bool) -> None:
+    """Give a key a new secret; the old one stays valid for --grace-seconds (default 0)."""
+    try:
+        rotated = management.rotate_key(
+            _redis(), pepper=pepper(), actor=_actor(), key_id=key_id, grace_seconds=grace_seconds
+        )
+    except KeyStateError as exc:
+        raise click.ClickException(str(exc)) from None
+    if rotated is None:
+        raise click.ClickException(f"no key with id {key_id}")
+    view = keys.secret_view(*rotated)
+    if as_json:
+        _print_json(view)
+    else:
+        _print_secret(view, "Rotated")
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        # One line: the trailing newline of `echo` or a file is not part of the password.
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@users_cli.command("create")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def create_user(email: str, password_stdin: bool) -> None:
+    """Create an admin user (argon2id-hashed password; holds the admin scope)."""
+    password = _read_password(password_stdin)
+    try:
+        user = management.create_user(_redis(), actor=_actor(), email=email, password=password)
+    except UserExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"Created admin user {user['email']} ({user['id']}); log in at POST /auth/login or /admin/")

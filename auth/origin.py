@@ -1,0 +1,59 @@
+"""Cross-site request refusal for cookie-authenticated changes (CONTRACT section 3).
+
+A browser attaches the session cookie to requests that other sites trigger, so
+a state-changing request that carries the cookie must come from the gateway's
+own pages or an allowed CORS origin. Browsers send ``Origin`` on such requests
+(``Referer`` as the fallback); a cookie request that carries neither is refused
+too, because its source cannot be told. API keys are not sent ambiently by
+browsers, so requests presenting one are exempt. The login form is checked
+even without a cookie when it names a foreign origin (login CSRF).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import current_app, request
+
+from auth.loaders import presented_key
+from gateway.errors import APIError
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Login forms are checked even without a cookie (the console has its own login form).
+LOGIN_ENDPOINTS = frozenset({"auth.login", "console.login"})
+
+
+def request_source() -> str | None:
+    """The origin that sent this request: ``Origin``, else the origin part of ``Referer``."""
+    origin = request.headers.get("Origin")
+    if origin:
+        return origin.strip().rstrip("/")
+    referer = request.headers.get("Referer")
+    if referer:
+        parts = urlsplit(referer)
+        if parts.scheme and parts.netloc:
+            return f"{parts.scheme}://{parts.netloc}"
+        return "invalid"
+    return None
+
+
+def allowed_origins() -> set[str]:
+    return {request.host_url.rstrip("/"), *current_app.config.get("CORS_ORIGINS", ())}
+
+
+def check_origin() -> None:
+    """before_request: 403 for a cookie-authenticated change from a foreign or unknown source."""
+    if request.method not in STATE_CHANGING or request.routing_exception is not None:
+        return
+    if presented_key(request) is not None:
+        return
+    has_cookie = current_app.config["SESSION_COOKIE_NAME"] in request.cookies
+    source = request_source()
+    if source is None:
+        if has_cookie:
+            raise APIError(403, "Forbidden", "Cookie-authenticated changes must carry an Origin header.")
+        return
+    if not has_cookie and request.endpoint not in LOGIN_ENDPOINTS:
+        return
+    if source.lower() not in {o.lower() for o in allowed_origins()}:
+        raise APIError(403, "Forbidden", "Cross-site request refused: the Origin is not allowed.")

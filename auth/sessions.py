@@ -1,0 +1,204 @@
+"""Server-side sessions in Redis for admin users (a Flask SessionInterface).
+
+A signed cookie alone cannot be revoked, so the cookie carries only a random
+session id (256 bits) and the data lives in Redis under the SHA-256 of that id
+(a dump of Redis yields no usable cookie). Login issues a new id (no session
+fixation); logout and expiry delete the record, so a copied cookie stops
+working. Idle and absolute timeouts are enforced inside Redis by one script
+that reads the session and slides its TTL in the same round trip.
+
+Requests that present an API key never read or write a session and never get
+a cookie; requests without a cookie never touch Redis for it; the record is
+loaded lazily, so public routes such as /healthz do not depend on Redis even
+when a browser sends its cookie.
+
+Why not Flask-Session: it would add a dependency (and its pickle serializer)
+for ~150 lines we need to control anyway (API-key exemption, hashed ids,
+timeouts enforced in Redis).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface, SessionMixin
+
+from auth.loaders import presented_key
+from gateway.extensions import RedisStore
+from gateway.redis import key as redis_key
+
+_SID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
+
+# KEYS[1] session record; ARGV[1] idle seconds, ARGV[2] absolute seconds.
+# Returns the JSON record and slides the idle TTL (never past the absolute end),
+# or nil (and deletes it) when it is missing, corrupt or past its absolute end.
+_LOAD_SCRIPT = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local ok, rec = pcall(cjson.decode, raw)
+if not ok or type(rec) ~= 'table' or tonumber(rec['created']) == nil then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+local now = tonumber(redis.call('TIME')[1])
+local left = math.floor(tonumber(rec['created']) + tonumber(ARGV[2]) - now)
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+redis.call('EXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), left))
+return raw
+"""
+
+
+def session_key(sid: str) -> str:
+    return redis_key("sessions", hashlib.sha256(sid.encode()).hexdigest())
+
+
+class ServerSession(SessionMixin):
+    """A session whose data is fetched from Redis on first use."""
+
+    def __init__(self, sid: str | None = None, loader: Callable[[], dict[str, Any] | None] | None = None):
+        self.sid = sid
+        self.created: int | None = None
+        self._loader = loader
+        self._data: dict[str, Any] | None = None if loader else {}
+        self.detached = False  # API-key request: never saved
+        self.stale = False  # a cookie came in but names no live session
+        self.destroyed = False
+        self.replaced_sid: str | None = None  # deleted at save (login regenerates the id)
+        self.modified = False
+        self.accessed = False
+
+    @classmethod
+    def for_api_key(cls) -> ServerSession:
+        session = cls()
+        session.detached = True
+        return session
+
+    def _load(self) -> dict[str, Any]:
+        self.accessed = True
+        if self._data is None:
+            stored = self._loader() if self._loader else None
+            if stored is None:
+                self.stale, self.sid, self._data = self.sid is not None, None, {}
+            else:
+                self.created, self._data = int(stored["created"]), dict(stored["data"])
+        return self._data
+
+    def __getitem__(self, name: str) -> Any:
+        return self._load()[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._load()[name] = value
+        self.modified = True
+
+    def __delitem__(self, name: str) -> None:
+        del self._load()[name]
+        self.modified = True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def regenerate(self) -> None:
+        """Start over under a new id (at login): the old record is deleted at save."""
+        self._load()
+        if self.sid:
+            self.replaced_sid = self.sid
+        self.sid, self.created, self._data = None, None, {}
+        self.modified = True
+
+    def destroy(self) -> None:
+        """End the session: its record is deleted and the cookie cleared at save."""
+        self._load()
+        self._data = {}
+        self.destroyed = self.modified = True
+
+
+class RedisSessionInterface(SessionInterface):
+    """Sessions stored in Redis; see the module docstring for the rules."""
+
+    def open_session(self, app: Flask, request: Request) -> ServerSession:
+        if presented_key(request) is not None:
+            return ServerSession.for_api_key()
+        sid = request.cookies.get(self.get_cookie_name(app))
+        if not sid:
+            return ServerSession()
+        if not _SID_PATTERN.match(sid):
+            session = ServerSession()
+            session.stale = True
+            return session
+        r = RedisStore.client(app)
+        return ServerSession(sid, lambda: self._fetch(app, r, sid))
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not isinstance(session, ServerSession) or session.detached:
+            return
+        r = RedisStore.client(app)
+        if session.replaced_sid:
+            r.delete(session_key(session.replaced_sid))
+        if session.destroyed or (session.modified and not session._data):
+            self._end(app, r, session, response)
+        elif session.modified:
+            self._store(app, r, session, response)
+        elif session.stale:
+            self._clear_cookie(app, response)
+
+    def _fetch(self, app: Flask, r: redis.Redis, sid: str) -> dict[str, Any] | None:
+        raw = r.eval(_LOAD_SCRIPT, 1, session_key(sid), _idle(app), _absolute(app))
+        return json.loads(raw) if raw else None
+
+    def _store(self, app: Flask, r: redis.Redis, session: ServerSession, response: Response) -> None:
+        session.sid = session.sid or secrets.token_urlsafe(32)
+        session.created = session.created or int(time.time())
+        left = session.created + _absolute(app) - int(time.time())
+        record = json.dumps({"created": session.created, "data": session._data})
+        r.set(session_key(session.sid), record, ex=max(1, min(_idle(app), left)))
+        response.set_cookie(
+            self.get_cookie_name(app),
+            session.sid,
+            expires=datetime.fromtimestamp(session.created + _absolute(app), UTC),
+            httponly=self.get_cookie_httponly(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+        )
+        response.vary.add("Cookie")
+
+    def _end(self, app: Flask, r: redis.Redis, session: ServerSession, response: Response) -> None:
+        if session.sid:
+            r.delete(session_key(session.sid))
+        session.sid = None
+        self._clear_cookie(app, response)
+
+    def _clear_cookie(self, app: Flask, response: Response) -> None:
+        response.delete_cookie(
+            self.get_cookie_name(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            httponly=self.get_cookie_httponly(app),
+            samesite=self.get_cookie_samesite(app),
+        )
+        response.vary.add("Cookie")
+
+
+def _idle(app: Flask) -> int:
+    return int(app.config["SESSION_IDLE_MINUTES"]) * 60
+
+
+def _absolute(app: Flask) -> int:
+    return int(app.config["SESSION_ABSOLUTE_HOURS"]) * 3600

@@ -1,0 +1,1 @@
+"""Benchmarks run against real gunicorn servers: ``python -m bench secured|streams|all``."""

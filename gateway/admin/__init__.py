@@ -1,0 +1,1 @@
+"""Admin area: the JSON key-management API (``gateway.admin.api``)."""

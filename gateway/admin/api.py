@@ -1,0 +1,202 @@
+"""/admin/keys and /admin/audit: key management over HTTP, mirroring the CLI (admin scope).
+
+The secret appears only in the create and rotate answers. Every change goes
+through auth.management, which validates it and writes the audit entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel, Field, field_validator
+
+from auth import audit, current_identity, keys, management, require_scope
+from auth.audit import Actor
+from auth.keys import KeyStateError
+from auth.loaders import key_cache, pepper
+from auth.scopes import ADMIN, validate_scopes
+from gateway.api import Schema, endpoint, parse_json, parse_query
+from gateway.errors import APIError
+from gateway.extensions import get_redis
+
+bp = Blueprint("admin_api", __name__, url_prefix="/admin")
+TAGS = ("admin",)
+KEY_NOT_FOUND = "Key not found"
+
+
+class KeyCreate(Schema):
+    """The body of POST /admin/keys (the same checks as ``flask keys create``)."""
+
+    name: str = Field(min_length=1, max_length=management.MAX_NAME_LENGTH)
+    scopes: list[str] = Field(default_factory=list)
+    rate_limit: str | None = Field(default=None, examples=["100/minute"])
+    quota: str | None = Field(default=None, examples=["10000/day"])
+    expires_in_days: int | None = Field(default=None, ge=1, le=management.MAX_EXPIRES_IN_DAYS)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return management.validate_name(value)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[str]) -> list[str]:
+        return list(validate_scopes(value))
+
+    @field_validator("rate_limit", "quota")
+    @classmethod
+    def _limit(cls, value: str | None, info: Any) -> str | None:
+        return management.validate_limit(info.field_name, value)
+
+
+class KeyRotate(Schema):
+    """The optional body of POST /admin/keys/<id>/rotate."""
+
+    grace_seconds: int = Field(default=0, ge=0, le=management.MAX_GRACE_SECONDS)
+
+
+class AuditQuery(Schema):
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class KeyView(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    last4: str
+    scopes: list[str]
+    rate_limit: str | None
+    quota: str | None
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    revoked_at: str | None
+    rotated_at: str | None
+    created_by: str | None
+    status: str
+
+
+class KeySecretView(BaseModel):
+    """Shown once: the only answer that carries the secret ``key``."""
+
+    id: str
+    name: str
+    key: str
+    prefix: str
+    scopes: list[str]
+    rate_limit: str | None
+    quota: str | None
+    expires_at: str | None
+    created_at: str
+
+
+class KeyList(BaseModel):
+    keys: list[KeyView]
+    total: int
+
+
+class AuditEntry(BaseModel):
+    at: str
+    actor: str
+    actor_name: str
+    action: str
+    key_id: str | None
+    target: str | None
+    ip: str | None
+    details: dict[str, Any]
+
+
+class AuditList(BaseModel):
+    entries: list[AuditEntry]
+    total: int
+
+
+def _actor() -> Actor:
+    identity = current_identity()
+    if identity is None:  # the access guard answers first
+        raise APIError(401, "Unauthorized")
+    return Actor(owner=identity.owner, name=identity.name, ip=request.remote_addr)
+
+
+def _found(record: dict[str, Any] | None) -> dict[str, Any]:
+    if record is None:
+        raise APIError(404, "Not Found", KEY_NOT_FOUND)
+    return record
+
+
+def _rotate_body() -> KeyRotate:
+    # The body is optional here: none (or {}) means the defaults.
+    raw = request.get_data(cache=True).strip()
+    if not raw or (request.is_json and request.get_json(silent=True) == {}):
+        return KeyRotate()
+    return parse_json(KeyRotate)
+
+
+@bp.get("/keys")
+@require_scope(ADMIN)
+@endpoint("List API keys (no secrets)", tags=TAGS, responses={200: KeyList})
+def list_keys() -> Response:
+    """Every key, oldest first, as people may see it."""
+    views = [keys.public_view(record) for record in keys.list_keys(get_redis())]
+    return jsonify({"keys": views, "total": len(views)})
+
+
+@bp.post("/keys")
+@require_scope(ADMIN)
+@endpoint("Create an API key; the answer holds its secret once", tags=TAGS, body=KeyCreate,
+          responses={201: KeySecretView})  # fmt: skip
+def create_key() -> tuple[Response, int]:
+    """Create a key and return it with its secret (never shown again)."""
+    body = parse_json(KeyCreate)
+    record, secret = management.create_key(get_redis(), pepper=pepper(), actor=_actor(), **body.model_dump())
+    return jsonify(keys.secret_view(record, secret)), 201
+
+
+@bp.get("/keys/<key_id>")
+@require_scope(ADMIN)
+@endpoint("Show one API key (no secret)", tags=TAGS, responses={200: KeyView})
+def show_key(key_id: str) -> Response:
+    """One key as people may see it."""
+    return jsonify(keys.public_view(_found(keys.get_key(get_redis(), key_id))))
+
+
+@bp.delete("/keys/<key_id>")
+@require_scope(ADMIN)
+@endpoint("Revoke an API key (every worker refuses it within one second)", tags=TAGS,
+          responses={200: KeyView})  # fmt: skip
+def revoke_key(key_id: str) -> Response:
+    """Revoke a key; revoking twice is harmless."""
+    record = _found(management.revoke_key(get_redis(), actor=_actor(), key_id=key_id))
+    key_cache().discard(key_id)  # this worker at once; the others within the cache TTL
+    return jsonify(keys.public_view(record))
+
+
+@bp.post("/keys/<key_id>/rotate")
+@require_scope(ADMIN)
+@endpoint("Give an API key a new secret; the answer holds it once", tags=TAGS, body=KeyRotate,
+          responses={200: KeySecretView})  # fmt: skip
+def rotate_key(key_id: str) -> Response:
+    """Rotate a key; the old secret stays valid for ``grace_seconds`` (default 0)."""
+    body = _rotate_body()
+    try:
+        rotated = management.rotate_key(
+            get_redis(), pepper=pepper(), actor=_actor(), key_id=key_id, grace_seconds=body.grace_seconds
+        )
+    except KeyStateError as exc:
+        raise APIError(409, "Conflict", str(exc)) from None
+    if rotated is None:
+        raise APIError(404, "Not Found", KEY_NOT_FOUND)
+    record, secret = rotated
+    key_cache().discard(key_id)
+    return jsonify(keys.secret_view(record, secret))
+
+
+@bp.get("/audit")
+@require_scope(ADMIN)
+@endpoint("The newest audit entries, newest first", tags=TAGS, query=AuditQuery, responses={200: AuditList})
+def audit_log() -> Response:
+    """Who did what to which key, when and from where."""
+    query = parse_query(AuditQuery)
+    entries = audit.recent(get_redis(), query.limit)
+    return jsonify({"entries": entries, "total": len(entries)})

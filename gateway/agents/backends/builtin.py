@@ -1,0 +1,60 @@
+"""The built-in agent: local, deterministic, no network.
+
+It answers the latest user message by quoting it back with a short description
+(length, whether it is a question, its place in the conversation), so clients,
+tests and benchmarks see realistic word-by-word streaming without an upstream.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+from gateway.agents.backends import Message
+
+_WORD = re.compile(r"\s*\S+\s*")
+NO_MESSAGE_REPLY = "Hello! Post a user message to this session and I will answer it."
+
+
+def compose_reply(messages: list[Message]) -> str:
+    """The whole reply to ``messages``; the same conversation always gets the same reply."""
+    user_turns = [m["content"] for m in messages if m.get("role") == "user"]
+    if not user_turns:
+        return NO_MESSAGE_REPLY
+    latest = user_turns[-1]
+    kind = "question" if latest.rstrip().endswith("?") else "message"
+    return (
+        f'You said: "{latest}". That {kind} has {len(latest.split())} words and '
+        f"{len(latest)} characters; it is message {len(user_turns)} from you in this session. "
+        "I am the built-in agent: I acknowledge and describe messages. "
+        "Set AGENT_BACKEND=openai to answer with a language model."
+    )
+
+
+def word_deltas(text: str) -> list[str]:
+    """Word-sized pieces (each word with its surrounding whitespace) that join back to ``text``."""
+    return _WORD.findall(text) or ([text] if text else [])
+
+
+class BuiltinBackend:
+    """Streams :func:`compose_reply` word by word, pausing between words."""
+
+    name = "builtin"
+
+    def __init__(self, delay_seconds: float = 0.0) -> None:
+        self.delay_seconds = delay_seconds
+        self.max_pause_seconds = delay_seconds
+
+    def stream_reply(self, messages: list[Message]) -> Iterator[str]:
+        """Yield the reply's words with ``delay_seconds`` between them."""
+        # Pieces are cut as they are sent (finditer), not all at once: a thousand open
+        # streams then hold one reply string each rather than a list of its words.
+        reply = compose_reply(messages)
+        for index, match in enumerate(_WORD.finditer(reply)):
+            delta = match.group()
+            if index and self.delay_seconds > 0:
+                # time.sleep is gevent's cooperative sleep under the gevent worker
+                # (monkey-patched before the app loads), so pacing never blocks a worker.
+                time.sleep(self.delay_seconds)
+            yield delta

@@ -1,0 +1,151 @@
+"""An OpenAI-compatible chat-completions backend, streamed over httpx.
+
+Works with any server speaking ``POST {OPENAI_BASE_URL}/chat/completions`` with
+``"stream": true`` (OpenAI, vLLM, llama.cpp, Ollama, LiteLLM...). Connect and
+read timeouts bound every wait; a per-process circuit breaker answers at once
+while the upstream keeps failing. Error messages name what failed, never the
+URL's credentials or the API key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from gateway.agents.backends import AgentBackendError, Message
+from gateway.agents.backends.breaker import CircuitBreaker, CircuitOpenError
+from gateway.metrics import recorder
+
+log = logging.getLogger(__name__)
+NAME = "openai"
+
+
+def _report_state(state: str) -> None:
+    recorder.set_breaker_state(NAME, state)
+
+
+class OpenAIBackend:
+    """Streams the reply of an OpenAI-compatible server to the session's history."""
+
+    name = NAME
+    max_pause_seconds = None  # an upstream read may block up to OPENAI_READ_TIMEOUT
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        connect_timeout: float,
+        read_timeout: float,
+        breaker: CircuitBreaker,
+    ) -> None:
+        headers = {"Accept": "text/event-stream"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout)
+        # One pooled client per process and configuration (see backend_from_config).
+        self.client = httpx.Client(base_url=base_url.rstrip("/") + "/", headers=headers, timeout=timeout)
+        self.model = model
+        self.breaker = breaker
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> OpenAIBackend:
+        breaker = CircuitBreaker(
+            failure_threshold=config["OPENAI_BREAKER_FAILURES"],
+            cooldown_seconds=config["OPENAI_BREAKER_COOLDOWN_SECONDS"],
+            on_change=_report_state,
+        )
+        _report_state(breaker.state)
+        return cls(
+            base_url=config["OPENAI_BASE_URL"],
+            api_key=config.get("OPENAI_API_KEY"),
+            model=config["OPENAI_MODEL"],
+            connect_timeout=config["OPENAI_CONNECT_TIMEOUT"],
+            read_timeout=config["OPENAI_READ_TIMEOUT"],
+            breaker=breaker,
+        )
+
+    def stream_reply(self, messages: list[Message]) -> Iterator[str]:
+        """Yield content deltas; raise AgentBackendError at once while the breaker is open."""
+        try:
+            self.breaker.before_call()
+        except CircuitOpenError as exc:
+            raise AgentBackendError(
+                "The agent upstream is unavailable after repeated failures; "
+                f"retry in {max(1, round(exc.retry_in))} seconds."
+            ) from None
+        verdict = False
+        answered = False
+        try:
+            for delta in self._request(messages):
+                answered = True
+                yield delta
+            verdict = True
+            self.breaker.success()
+        except AgentBackendError:
+            verdict = True
+            self._failed()
+            raise
+        finally:
+            if not verdict:
+                # The consumer stopped early: a started answer proves the upstream works.
+                if answered:
+                    self.breaker.success()
+                else:
+                    self.breaker.release()
+
+    def _failed(self) -> None:
+        recorder.record_upstream_failure(NAME)
+        self.breaker.failure()
+
+    def _request(self, messages: list[Message]) -> Iterator[str]:
+        payload = {
+            "model": self.model,
+            "stream": True,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        }
+        try:
+            with self.client.stream("POST", "chat/completions", json=payload) as response:
+                if response.status_code != 200:
+                    raise AgentBackendError(f"The agent upstream answered HTTP {response.status_code}.")
+                yield from parse_chat_stream(response.iter_lines())
+        except httpx.TimeoutException as exc:
+            log.warning("openai upstream timed out: %s", type(exc).__name__)
+            raise AgentBackendError("The agent upstream timed out.") from None
+        except httpx.HTTPError as exc:
+            log.warning("openai upstream failed: %s", type(exc).__name__)
+            raise AgentBackendError("The agent upstream could not be reached.") from None
+
+
+def parse_chat_stream(lines: Iterable[str]) -> Iterator[str]:
+    """Content deltas from chat-completions SSE lines, up to ``data: [DONE]``."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue  # comments, blank separators, event names
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        content = _delta_content(data)
+        if content:
+            yield content
+
+
+def _delta_content(data: str) -> str | None:
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise AgentBackendError("The agent upstream sent a malformed stream.") from None
+    if not isinstance(chunk, dict):
+        raise AgentBackendError("The agent upstream sent a malformed stream.")
+    if chunk.get("error"):
+        raise AgentBackendError("The agent upstream reported an error.")
+    choices = chunk.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    delta = choice.get("delta") or {}
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else None

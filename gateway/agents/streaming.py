@@ -1,0 +1,490 @@
+"""The life of one /agents/stream response.
+
+A *source* produces frames: :class:`LiveSource` runs the agent backend (in a
+background thread, a greenlet under the gevent worker, when it may block for
+long; inline when its pauses are short) and turns its deltas into frames;
+:class:`FollowSource` replays a kept stream after ``Last-Event-ID`` and follows
+it while it is still being produced elsewhere. :class:`AgentStream` pumps a
+source to the client and, between frames:
+
+* writes a heartbeat comment when nothing was written for
+  ``STREAM_HEARTBEAT_SECONDS`` (proxies and clients keep the connection open);
+* at most once per ``CHECK_INTERVAL`` (and at least that often when idle) runs
+  the *stop checks*, a plain list of callables returning a stop reason or None
+  (lifetime, key revocation; append more, e.g. a quota check, in
+  :func:`default_stop_checks`); a reason ends the stream with a final
+  ``event: error``;
+* every ``FLUSH_INTERVAL`` writes the new frames to Redis for resuming.
+
+When the client goes away the WSGI server closes the response (GeneratorExit at
+the ``yield``, or ``close()`` after a failed write under gevent): the backend is
+stopped (an inline iterator is closed at once; a background thread stops at its
+next delta, or at the upstream read timeout) and the partial reply is not
+stored. The per-identity stream slot and the open-streams gauge are released in
+``close()``, which Werkzeug calls however the response ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import Flask, has_app_context
+
+from auth.identity import Identity
+from auth.keys import get_key, key_status
+from gateway.agents.backends import AgentBackend, AgentBackendError, Message
+from gateway.agents.sse import (
+    ABORTED,
+    DONE,
+    ERROR,
+    HEARTBEAT,
+    OPENING,
+    RUNNING,
+    TERMINAL,
+    FrameLog,
+    dumps,
+    encode_frame,
+)
+from gateway.errors import APIError
+from gateway.metrics import recorder
+from gateway.redis import KEYS, REDIS_UNAVAILABLE
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 1.0  # stop checks: at most this often while frames flow, at least this often
+FLUSH_INTERVAL = 2.0  # frames reach Redis (for resuming) in batches at least this often
+FOLLOW_POLL = 0.2  # how often a resumed stream looks for new frames of a live one
+STALE_AFTER = 10.0  # a live stream whose log was not refreshed this long has lost its producer
+
+StopCheck = Callable[[], "str | None"]
+REDIS_ERRORS = (*REDIS_UNAVAILABLE, redis.RedisError)
+
+# Sentences for the ``message`` of a final ``event: error``, by reason.
+STOP_MESSAGES: dict[str, str] = {
+    "max_lifetime": "The stream reached its maximum lifetime and was closed.",
+    "key_revoked": "The API key was revoked; the stream was closed.",
+    "key_expired": "The API key expired; the stream was closed.",
+    "quota_exhausted": "The rate limit or quota of this key ran out; the stream was closed.",
+    "no_user_message": "The session has no user message to answer: POST /agents/message first.",
+    "stream_interrupted": "The stream was interrupted before it finished; open a new stream.",
+    "upstream_error": "The agent backend failed.",
+    "internal_error": "The stream failed unexpectedly; open a new stream.",
+}
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    heartbeat_seconds: float
+    max_seconds: float
+    resume_seconds: int
+    max_per_identity: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> StreamSettings:
+        return cls(
+            heartbeat_seconds=config["STREAM_HEARTBEAT_SECONDS"],
+            max_seconds=config["STREAM_MAX_SECONDS"],
+            resume_seconds=config["STREAM_RESUME_SECONDS"],
+            max_per_identity=config["STREAM_MAX_CONCURRENT_PER_KEY"],
+        )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Text for the client; ``final`` ends the stream after it."""
+
+    text: str
+    final: bool = False
+
+
+def error_data(reason: str, session_id: str, message: str | None = None) -> dict[str, str]:
+    return {
+        "type": "error",
+        "error": reason,
+        "message": message or STOP_MESSAGES.get(reason, "The stream was stopped."),
+        "session_id": session_id,
+    }
+
+
+# ---- stop checks -------------------------------------------------------------------
+
+
+def lifetime_check(max_seconds: float, clock: Callable[[], float] = time.monotonic) -> StopCheck:
+    deadline = clock() + max_seconds
+    return lambda: "max_lifetime" if clock() >= deadline else None
+
+
+def key_revocation_check(r: redis.Redis, key_id: str) -> StopCheck:
+    """Stops the stream once the key is revoked, expired or deleted (one HGETALL per check)."""
+
+    def check() -> str | None:
+        record = get_key(r, key_id)
+        if record is None:
+            return "key_revoked"
+        status = key_status(record)
+        return None if status == "active" else f"key_{status}"
+
+    return check
+
+
+def default_stop_checks(*, r: redis.Redis, identity: Identity, settings: StreamSettings) -> list[StopCheck]:
+    """The checks every open stream runs; append to the list for more (e.g. quota)."""
+    checks = [lifetime_check(settings.max_seconds)]
+    if identity.type == "api_key":
+        checks.append(key_revocation_check(r, identity.id))
+    return checks
+
+
+# ---- per-identity cap on open streams ----------------------------------------------
+
+# Expired members (a worker that died without releasing) are dropped before counting,
+# so a crash cannot leak a slot for longer than a stream may live. TIME keeps every
+# worker and instance on Redis's clock.
+_ACQUIRE_SLOT = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+SLOT_GRACE_SECONDS = 30
+
+
+class StreamSlot:
+    """One open stream counted against its identity's STREAM_MAX_CONCURRENT_PER_KEY."""
+
+    def __init__(self, r: redis.Redis, owner: str, connection_id: str) -> None:
+        self.r, self.key, self.member = r, KEYS.agent_stream_slots(owner), connection_id
+
+    @classmethod
+    def acquire(
+        cls, r: redis.Redis, *, owner: str, connection_id: str, settings: StreamSettings
+    ) -> StreamSlot:
+        """Take a slot or raise a 429 APIError when the identity has all its streams open."""
+        slot = cls(r, owner, connection_id)
+        if settings.max_per_identity <= 0:
+            return slot  # 0 switches the cap off
+        lifetime = int(settings.max_seconds) + SLOT_GRACE_SECONDS
+        taken = r.eval(_ACQUIRE_SLOT, 1, slot.key, settings.max_per_identity, lifetime, connection_id)
+        if not taken:
+            raise APIError(
+                429,
+                "Too Many Requests",
+                f"At most {settings.max_per_identity} streams may be open at once for this identity; "
+                "close one and retry.",
+                headers={"Retry-After": "5"},
+                extra={"retry_after": 5},
+            )
+        return slot
+
+    def release(self) -> None:
+        self.r.zrem(self.key, self.member)
+
+
+# ---- sources ----------------------------------------------------------------------
+
+
+class LiveSource:
+    """Runs the backend and numbers its deltas as frames.
+
+    A backend that may block for long (an upstream read) runs in a background
+    thread (a greenlet under gevent) feeding a queue, so heartbeats and stop
+    checks go on while it waits. A backend whose pauses are known to be short
+    (``max_pause_seconds`` under CHECK_INTERVAL and the heartbeat interval: the
+    built-in agent at its usual pacing) is iterated
+    inline, which saves a greenlet, a queue and their memory on every stream.
+    """
+
+    def __init__(
+        self,
+        *,
+        app: Flask,
+        backend: AgentBackend,
+        messages: list[Message],
+        frame_log: FrameLog,
+        on_reply: Callable[[str], None],
+        settings: StreamSettings,
+    ) -> None:
+        self.app, self.backend, self.messages = app, backend, messages
+        self.log, self.on_reply = frame_log, on_reply
+        # Inline only when a pause can delay neither a stop check nor a heartbeat.
+        pause = getattr(backend, "max_pause_seconds", None)
+        self.inline = pause is not None and pause < min(CHECK_INTERVAL, settings.heartbeat_seconds)
+        self.items: queue.Queue[tuple[str, str]] | None = None
+        self.stopped: threading.Event | None = None
+        self.deltas: Iterator[str] | None = None
+        self.refusal: tuple[str, str] | None = None
+        self.started = False
+        self.parts: list[str] = []
+        self.final_state: str | None = None
+        self.next_flush = time.monotonic() + FLUSH_INTERVAL
+
+    def start(self) -> None:
+        self.started = True
+        self.log.flush(state=RUNNING)  # makes the stream resumable from its first frame
+        if not any(m["role"] == "user" for m in self.messages):
+            self.refusal = ("error", "no_user_message")
+        elif self.inline:
+            self.deltas = iter(self.backend.stream_reply(self.messages))
+        else:
+            self.items, self.stopped = queue.Queue(), threading.Event()
+            threading.Thread(target=self._produce, name=f"agent-{self.log.stream_id}", daemon=True).start()
+
+    def _produce(self) -> None:
+        assert self.items is not None and self.stopped is not None
+        with self.app.app_context():
+            deltas = self.backend.stream_reply(self.messages)
+            try:
+                for delta in deltas:
+                    if self.stopped.is_set():
+                        return  # the client went away: stop generating
+                    if delta:
+                        self.items.put(("delta", delta))
+                self.items.put(("end", ""))
+            except Exception as exc:
+                self.items.put(self._failure(exc))
+            finally:
+                _close(deltas)
+
+    def _failure(self, exc: Exception) -> tuple[str, str]:
+        if isinstance(exc, AgentBackendError):
+            return ("upstream_error", str(exc))
+        log.error("agent backend %s failed unexpectedly", self.backend.name, exc_info=exc)
+        return ("error", "internal_error")
+
+    def _item(self, timeout: float) -> tuple[str, str] | None:
+        if self.refusal is not None:
+            return self.refusal
+        if self.deltas is not None:
+            try:
+                return ("delta", next(self.deltas))
+            except StopIteration:
+                return ("end", "")
+            except Exception as exc:
+                return self._failure(exc)
+        assert self.items is not None
+        try:
+            return self.items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def next(self, timeout: float) -> Chunk | None:
+        if not self.started:
+            self.start()
+        item = self._item(timeout)
+        if item is None:
+            return None
+        kind, value = item
+        session_id = self.log.session_id
+        if kind == "delta":
+            if not value:
+                return None
+            self.parts.append(value)
+            data = {"type": "delta", "content": value, "session_id": session_id}
+            return Chunk(self.log.add("message", data))
+        if kind == "end":
+            reply = "".join(self.parts)
+            if reply:
+                self.on_reply(reply)
+            return self.finish("message", {"type": "done", "session_id": session_id})
+        if kind == "upstream_error":
+            return self.finish("error", error_data("upstream_error", session_id, value))
+        return self.finish("error", error_data(value, session_id))
+
+    def finish(self, event: str, data: dict[str, str]) -> Chunk:
+        """The last frame, stored with the stream's final state before it is sent."""
+        frame = self.log.add(event, data)
+        self.final_state = DONE if event == "message" else ERROR
+        self.log.flush(state=self.final_state)
+        return Chunk(frame, final=True)
+
+    def stop_frame(self, reason: str) -> str:
+        return self.finish("error", error_data(reason, self.log.session_id)).text
+
+    def tick(self) -> None:
+        # Batching frames (one Redis round trip per FLUSH_INTERVAL, not one per delta)
+        # keeps a thousand open streams from queueing on the connection pool.
+        if time.monotonic() >= self.next_flush:
+            self.next_flush = time.monotonic() + FLUSH_INTERVAL
+            self.log.flush()
+
+    def close(self) -> None:
+        if not self.started:
+            return  # the body was never iterated: nothing ran, nothing to mark
+        if self.stopped is not None:
+            self.stopped.set()
+        if self.deltas is not None:
+            _close(self.deltas)  # GeneratorExit inside the backend: it stops generating
+        if self.final_state is None:
+            self.log.flush(state=ABORTED)  # resumes will end with stream_interrupted
+        elif self.log.pending:
+            self.log.flush(state=self.final_state)
+
+
+class FollowSource:
+    """Replays a kept stream after the client's last frame and follows it while it runs."""
+
+    def __init__(self, *, frame_log: FrameLog, seq: int) -> None:
+        self.log, self.seq = frame_log, seq
+        self.session_id = frame_log.session_id
+
+    def next(self, timeout: float) -> Chunk | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            meta, frames = self.log.snapshot(self.seq)
+            state = meta.get("state", RUNNING)
+            if frames:
+                self.seq += len(frames)
+                return Chunk("".join(frames), final=state in TERMINAL)
+            if state in TERMINAL:
+                return Chunk("", final=True)
+            if state == ABORTED or time.time() - float(meta.get("alive") or 0) > STALE_AFTER:
+                return self.interrupted()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(FOLLOW_POLL, left))
+
+    def interrupted(self) -> Chunk:
+        """The producer is gone: store a final error so later resumes end the same way."""
+        self.log.seq = self.seq
+        frame = self.log.add("error", error_data("stream_interrupted", self.session_id))
+        self.log.flush(state=ERROR)
+        self.seq = self.log.seq
+        return Chunk(frame, final=True)
+
+    def stop_frame(self, reason: str) -> str:
+        # Not stored (the stream may still be produced elsewhere); it repeats the id of the
+        # last frame this client got, so a later resume continues from the right place.
+        return encode_frame(self.log.frame_id(self.seq), "error", dumps(error_data(reason, self.session_id)))
+
+    def tick(self) -> None:
+        """Nothing to write: the producer keeps the log fresh."""
+
+    def close(self) -> None:
+        """Nothing to release beyond the slot."""
+
+
+# ---- the response --------------------------------------------------------------------
+
+
+class AgentStream:
+    """Pumps a source to the client with heartbeats and stop checks; ``close()`` cleans up."""
+
+    def __init__(
+        self,
+        *,
+        app: Flask,
+        source: LiveSource | FollowSource,
+        checks: list[StopCheck],
+        settings: StreamSettings,
+        slot: StreamSlot,
+    ) -> None:
+        self.app, self.source, self.checks = app, source, checks
+        self.settings, self.slot = settings, slot
+        self.closed = self.failed = False
+        recorder.stream_opened()
+
+    def events(self) -> Iterator[str]:
+        """The response body: frames, heartbeats and, when a check says so, a final error."""
+        try:
+            yield OPENING
+            pump = self._pump()
+            while not self.failed and (text := self._step(pump)) is not None:
+                yield text
+        finally:
+            self.close()
+
+    def _step(self, pump: Iterator[str]) -> str | None:
+        try:
+            return next(pump)
+        except StopIteration:
+            return None
+        except REDIS_ERRORS as exc:
+            log.warning("stream ended: redis unavailable (%s)", type(exc).__name__)
+        except Exception:
+            log.exception("stream failed")
+        self.failed = True
+        return self._failure_frame()
+
+    def _pump(self) -> Iterator[str]:
+        clock = time.monotonic
+        heartbeat = self.settings.heartbeat_seconds
+        next_beat, next_check = clock() + heartbeat, clock() + CHECK_INTERVAL
+        while True:
+            chunk = self.source.next(max(0.0, min(next_beat, next_check) - clock()))
+            if chunk is not None:
+                if chunk.text:
+                    yield chunk.text
+                    next_beat = clock() + heartbeat
+                if chunk.final:
+                    return
+            if clock() >= next_check:
+                next_check = clock() + CHECK_INTERVAL
+                reason = self._stop_reason()
+                if reason:
+                    yield self.source.stop_frame(reason)
+                    return
+                self.source.tick()
+            if clock() >= next_beat:
+                yield HEARTBEAT
+                next_beat = clock() + heartbeat
+
+    def _stop_reason(self) -> str | None:
+        # Checks get an app context (a quota check may need the app's config or
+        # extensions); it is pushed for the checks only, never across a yield, where
+        # it would be shared by whatever runs next in this thread or greenlet.
+        with self.app.app_context():
+            return self._first_reason()
+
+    def _first_reason(self) -> str | None:
+        for check in self.checks:
+            try:
+                reason = check()
+            except Exception as exc:  # a failing check must not end a healthy stream
+                log.warning("stream stop check failed: %s", type(exc).__name__)
+                continue
+            if reason:
+                return reason
+        return None
+
+    def _failure_frame(self) -> str:
+        try:
+            return self.source.stop_frame("internal_error")
+        except Exception:  # Redis may be the thing that failed
+            frame_log = self.source.log
+            data = error_data("internal_error", frame_log.session_id)
+            return encode_frame(frame_log.frame_id(frame_log.seq + 1), "error", dumps(data))
+
+    def close(self) -> None:
+        """Stop generation, mark the log, free the slot, count the stream closed (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        if has_app_context():
+            self._release()
+        else:
+            with self.app.app_context():
+                self._release()
+
+    def _release(self) -> None:
+        for step in (self.source.close, self.slot.release):
+            try:
+                step()
+            except REDIS_ERRORS as exc:
+                log.warning("stream clean-up incomplete: redis unavailable (%s)", type(exc).__name__)
+        recorder.stream_closed()
+
+
+def _close(deltas: Iterator[str]) -> None:
+    close = getattr(deltas, "close", None)
+    if close is not None:
+        close()

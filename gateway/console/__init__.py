@@ -1,0 +1,22 @@
+"""The admin console: server-rendered pages under /admin/ to log in and manage API keys.
+
+Pages are plain Jinja with one stylesheet and one small script served by the
+gateway (no CDN, no inline code: the page CSP from gateway.security allows only
+the request's nonce). The JSON API under /admin/keys and /admin/audit is
+gateway.admin.api; both call the same services in ``auth``.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from gateway.console.csrf import csrf_token
+from gateway.console.views import bp
+
+__all__ = ["bp", "init_app"]
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+    # Templates also call csp_nonce(), which Talisman (gateway.security) provides.
+    app.add_template_global(csrf_token, "csrf_token")

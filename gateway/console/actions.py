@@ -1,0 +1,117 @@
+"""What the console pages ask of ``auth``: thin calls into its services with this request's
+actor, Redis client and pepper filled in (the views stay free of plumbing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import request, session
+from flask_login import login_user, logout_user
+
+from auth import audit, current_identity, keys, management, users
+from auth.audit import Actor
+from auth.loaders import identity_from_user, key_cache, pepper
+from auth.scopes import validate_scopes
+from gateway.extensions import get_redis
+
+AUDIT_PAGE = 200
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A validated create-key form."""
+
+    name: str
+    scopes: tuple[str, ...]
+    rate_limit: str | None
+    quota: str | None
+    expires_in_days: int | None
+
+
+def _actor() -> Actor:
+    identity = current_identity()
+    assert identity is not None  # the access guard let only an admin in
+    return Actor(owner=identity.owner, name=identity.name, ip=request.remote_addr)
+
+
+def log_in(*, email: str, password: str) -> bool:
+    """Start a new server-side session for a matching admin user (new session id: no fixation)."""
+    record = users.authenticate(get_redis(), email=email, password=password)
+    if record is None:
+        return False
+    session.regenerate()  # type: ignore[attr-defined]  # auth.sessions.ServerSession
+    identity = identity_from_user(record)
+    login_user(identity)
+    # Same audit entry as POST /auth/login (gateway.auth_routes): a login is a login.
+    audit.record(get_redis(), _actor(), "auth.login", target=identity.owner)
+    return True
+
+
+def log_out() -> None:
+    """Delete the session record on the server, so the old cookie stops working."""
+    actor = _actor()
+    logout_user()
+    session.destroy()  # type: ignore[attr-defined]
+    audit.record(get_redis(), actor, "auth.logout", target=actor.owner)
+
+
+def list_keys() -> list[dict[str, Any]]:
+    """Every key as people may see it, newest first."""
+    return [keys.public_view(record) for record in reversed(keys.list_keys(get_redis()))]
+
+
+def get_key(key_id: str) -> dict[str, Any] | None:
+    record = keys.get_key(get_redis(), key_id)
+    return keys.public_view(record) if record else None
+
+
+def validate_new_key(form: dict[str, Any]) -> NewKey:
+    """The form's values checked by the same rules as the CLI and the JSON API (ValueError)."""
+    days = form.get("expires_in_days")
+    try:
+        expires_in_days = int(days) if days else None
+    except ValueError:
+        raise ValueError("expires_in_days must be a whole number of days") from None
+    if not form.get("scopes"):
+        raise ValueError("choose at least one scope")
+    return NewKey(
+        name=management.validate_name(form.get("name") or ""),
+        scopes=validate_scopes(list(form["scopes"])),
+        rate_limit=management.validate_limit("rate_limit", form.get("rate_limit")),
+        quota=management.validate_limit("quota", form.get("quota")),
+        expires_in_days=management.validate_expires_in_days(expires_in_days),
+    )
+
+
+def create_key(new: NewKey) -> tuple[dict[str, Any], str]:
+    record, secret = management.create_key(
+        get_redis(),
+        pepper=pepper(),
+        actor=_actor(),
+        name=new.name,
+        scopes=new.scopes,
+        rate_limit=new.rate_limit,
+        quota=new.quota,
+        expires_in_days=new.expires_in_days,
+    )
+    return keys.public_view(record), secret
+
+
+def revoke_key(key_id: str) -> None:
+    record = management.revoke_key(get_redis(), actor=_actor(), key_id=key_id)
+    if record is not None:
+        key_cache().discard(key_id)
+
+
+def rotate_key(key_id: str) -> tuple[dict[str, Any], str]:
+    """(record, new secret); ValueError (KeyStateError) for a revoked or expired key."""
+    rotated = management.rotate_key(get_redis(), pepper=pepper(), actor=_actor(), key_id=key_id)
+    if rotated is None:
+        raise ValueError(f"key {key_id} no longer exists")
+    key_cache().discard(key_id)
+    return keys.public_view(rotated[0]), rotated[1]
+
+
+def audit_entries() -> list[dict[str, Any]]:
+    return audit.recent(get_redis(), AUDIT_PAGE)

@@ -1,0 +1,250 @@
+"""Console pages. Thin like every view: forms in, ``auth`` services, templates out.
+
+Access: the pages keep the deny-by-default ``admin`` rule of auth.access, so the
+one guard decides who gets in; this blueprint only turns the guard's 401 into
+a redirect to the login page (people get pages, programs keep their JSON 401)
+and asks for a logged-in admin *user* (API keys are for programs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
+
+from auth import current_identity, public, require_scope
+from auth.scopes import ADMIN, ALL_SCOPES
+from gateway.api import endpoint
+from gateway.console import actions
+from gateway.console.csrf import check_csrf, new_form_id, spend_form_id
+from gateway.errors import APIError, error_response
+from gateway.openapi import hide_from_schema
+from gateway.ratelimit import login_limit
+from gateway.version import __version__
+
+bp = Blueprint("console", __name__, url_prefix="/admin")
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static" / "console"
+ASSET_MAX_AGE = 3600  # assets carry ?v=<version>, so a release is picked up at once
+PUBLIC_ENDPOINTS = frozenset({"console.login", "console.login_form", "console.static"})
+
+
+def _page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
+    context.setdefault("admin", current_identity())
+    context.setdefault("default_limit", current_app.config["RATELIMIT_DEFAULT"])
+    return render_template(f"console/{template}", **context), status
+
+
+@bp.before_request
+def _console_guard() -> Response | None:
+    """Pages need a logged-in admin user; every POST needs the session's CSRF token."""
+    if request.endpoint not in PUBLIC_ENDPOINTS:
+        identity = current_identity()
+        if identity is None or identity.type != "user":
+            return redirect(url_for("console.login_form"), code=303)
+    if request.method == "POST":
+        check_csrf()
+    return None
+
+
+@bp.errorhandler(APIError)
+def _console_error(exc: APIError) -> Response:
+    """The access guard's 401 becomes the login page; other errors keep the JSON shape."""
+    if exc.code == 401:
+        return redirect(url_for("console.login_form"), code=303)
+    return error_response(exc.code, exc.error, exc.message, headers=exc.extra_headers, **exc.extra)
+
+
+@bp.get("/static/<path:filename>", endpoint="static")
+@public
+def asset(filename: str) -> Response:
+    """The console's stylesheet and script (public: the login page needs them)."""
+    return send_from_directory(STATIC_DIR, filename, max_age=ASSET_MAX_AGE)
+
+
+@bp.get("/login")
+@public
+@hide_from_schema
+def login_form() -> Response | tuple[str, int]:
+    """The login page."""
+    identity = current_identity()
+    if identity is not None and identity.type == "user":
+        return redirect(url_for("console.keys"), code=303)
+    return _page("login.html", admin=None)
+
+
+@bp.post("/login")
+@public
+@hide_from_schema
+@login_limit
+def login() -> Response | tuple[str, int]:
+    """Check the email and password, then start a fresh server-side session."""
+    email = request.form.get("email", "").strip()
+    if not actions.log_in(email=email, password=request.form.get("password", "")):
+        return _page("login.html", 401, admin=None, email=email, error="Wrong email or password.")
+    return redirect(url_for("console.keys"), code=303)
+
+
+@bp.post("/logout")
+@require_scope(ADMIN)
+@hide_from_schema
+def logout() -> Response:
+    """End the session on the server and go back to the login page."""
+    actions.log_out()
+    flash("You are logged out.", "info")
+    return redirect(url_for("console.login_form"), code=303)
+
+
+@bp.get("/")
+@require_scope(ADMIN)
+@endpoint(
+    "Admin console: the API keys page (HTML)",
+    tags=("console",),
+    responses={200: "The key list page.", 303: "No admin user logged in: redirect to /admin/login."},
+    content_type="text/html",
+)
+def keys() -> tuple[str, int]:
+    """The admin console (HTML): every API key, newest first; anonymous visitors go to the login page."""
+    return _page("keys.html", keys=actions.list_keys(), section="keys")
+
+
+@bp.get("/console/keys/new")
+@require_scope(ADMIN)
+@hide_from_schema
+def new_key() -> tuple[str, int]:
+    """The form to create a key."""
+    return _new_key_page(form={"scopes": []})
+
+
+def _new_key_page(
+    form: dict[str, Any], error: str | None = None, form_id: str | None = None
+) -> tuple[str, int]:
+    return _page(
+        "new_key.html",
+        400 if error else 200,
+        form=form,
+        error=error,
+        form_id=form_id or new_form_id(),
+        all_scopes=ALL_SCOPES,
+        section="new",
+    )
+
+
+@bp.post("/console/keys/new")
+@require_scope(ADMIN)
+@hide_from_schema
+def create_key() -> Response | tuple[str, int]:
+    """Create the key and show its secret, once."""
+    form = {
+        "name": request.form.get("name", "").strip(),
+        "scopes": request.form.getlist("scope"),
+        "rate_limit": request.form.get("rate_limit", "").strip() or None,
+        "quota": request.form.get("quota", "").strip() or None,
+        "expires_in_days": request.form.get("expires_in_days", "").strip() or None,
+    }
+    form_id = request.form.get("form_id")
+    try:
+        new = actions.validate_new_key(form)
+    except ValueError as exc:
+        return _new_key_page(form, error=str(exc), form_id=form_id)
+    if not spend_form_id(form_id):
+        return _secret_gone()
+    record, secret = actions.create_key(new)
+    return _page("secret.html", key=record, secret=secret, heading="Key created", section="new")
+
+
+def _secret_gone() -> Response:
+    # A reload or a second submit of a form already used: the secret was shown once.
+    flash("That form was already submitted: a key's secret is shown only once.", "info")
+    return redirect(url_for("console.keys"), code=303)
+
+
+def _key_or_404(key_id: str) -> dict[str, Any]:
+    record = actions.get_key(key_id)
+    if record is None:
+        raise APIError(404, "Key not found")
+    return record
+
+
+@bp.get("/console/keys/<key_id>/revoke")
+@require_scope(ADMIN)
+@hide_from_schema
+def revoke_key(key_id: str) -> tuple[str, int]:
+    """Ask before revoking a key."""
+    return _page(
+        "confirm.html",
+        key=_key_or_404(key_id),
+        heading="Revoke this key?",
+        explanation="Clients using it are refused within a second. This cannot be undone.",
+        button="Revoke key",
+        action=url_for("console.revoke_key_confirmed", key_id=key_id),
+        form_id=None,
+    )
+
+
+@bp.post("/console/keys/<key_id>/revoke")
+@require_scope(ADMIN)
+@hide_from_schema
+def revoke_key_confirmed(key_id: str) -> Response:
+    """Revoke the key."""
+    record = _key_or_404(key_id)
+    actions.revoke_key(key_id)
+    flash(f"Key {record['name']} ({record['prefix']}…{record['last4']}) is revoked.", "success")
+    return redirect(url_for("console.keys"), code=303)
+
+
+@bp.get("/console/keys/<key_id>/rotate")
+@require_scope(ADMIN)
+@hide_from_schema
+def rotate_key(key_id: str) -> tuple[str, int]:
+    """Ask before rotating a key."""
+    return _page(
+        "confirm.html",
+        key=_key_or_404(key_id),
+        heading="Rotate this key?",
+        explanation="A new secret replaces the old one, which stops working at once.",
+        button="Rotate key",
+        action=url_for("console.rotate_key_confirmed", key_id=key_id),
+        form_id=new_form_id(),
+    )
+
+
+@bp.post("/console/keys/<key_id>/rotate")
+@require_scope(ADMIN)
+@hide_from_schema
+def rotate_key_confirmed(key_id: str) -> Response | tuple[str, int]:
+    """Rotate the key and show the new secret, once."""
+    _key_or_404(key_id)
+    if not spend_form_id(request.form.get("form_id")):
+        return _secret_gone()
+    try:
+        record, secret = actions.rotate_key(key_id)
+    except ValueError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("console.keys"), code=303)
+    return _page("secret.html", key=record, secret=secret, heading="Key rotated", section="keys")
+
+
+@bp.get("/console/audit")
+@require_scope(ADMIN)
+@hide_from_schema
+def audit() -> tuple[str, int]:
+    """The audit log, newest first."""
+    return _page("audit.html", entries=actions.audit_entries(), section="audit")
+
+
+@bp.app_template_global()
+def console_asset(filename: str) -> str:
+    """URL of a console asset, versioned so browsers pick up a new release."""
+    return url_for("console.static", filename=filename, v=__version__)

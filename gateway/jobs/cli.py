@@ -1,0 +1,35 @@
+"""``flask --app wsgi jobs worker [--burst]``: an RQ worker with the app's configuration."""
+
+from __future__ import annotations
+
+import signal
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from rq import Worker
+
+from gateway.jobs import tasks
+from gateway.jobs.queue import SERIALIZER, get_queue, rq_connection
+
+jobs_cli = AppGroup("jobs", help="Background jobs (RQ) over the gateway's Redis.")
+
+
+@jobs_cli.command("worker")
+@click.option("--burst", is_flag=True, help="Run the jobs waiting now, then exit.")
+def worker(burst: bool) -> None:
+    """Run jobs from the gateway queue until SIGTERM/SIGINT (a warm shutdown finishes the current job)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    tasks.set_worker_app(app)  # forked work horses inherit it: jobs run with this configuration
+    connection = rq_connection(app.config)
+    queue = get_queue(connection)
+    rq_worker = Worker([queue], connection=connection, serializer=SERIALIZER)
+    # RQ takes SIGINT/SIGTERM for its warm shutdown; give them back when it returns
+    # (matters when the command runs inside another program, e.g. a test runner).
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # The scheduler moves retries with a backoff interval back onto the queue when due.
+        rq_worker.work(burst=burst, with_scheduler=True, logging_level=app.config["LOG_LEVEL"])
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

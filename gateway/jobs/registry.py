@@ -1,0 +1,123 @@
+"""The named jobs a client may enqueue: a closed registry, nothing imported by name.
+
+A client names a job; the gateway looks the name up here, validates the
+arguments with the job's pydantic model and enqueues one fixed function
+(``gateway.jobs.tasks.execute``) with that name. A name outside this table is
+refused, so a client can never make a worker import or call anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rq import Retry
+
+from gateway.redis import REDIS_UNAVAILABLE
+
+# Backoff for transient failures: a few attempts spread over about two minutes.
+TRANSIENT_RETRY = Retry(max=3, interval=[10, 30, 90])
+
+
+class JobInputError(ValueError):
+    """Arguments a job cannot run with: never retried, shown to the client as is."""
+
+
+class NoArgs(BaseModel):
+    """A job that takes no arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentRunArgs(BaseModel):
+    """``agent.run``: one prompt, answered by the configured agent backend."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, max_length=4000)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt cannot be blank")
+        return value
+
+
+def _agent_run(app: Flask, args: AgentRunArgs) -> str:
+    from gateway.agents.backends import backend_from_config
+
+    backend = backend_from_config(app.config)
+    return "".join(backend.stream_reply([{"role": "user", "content": args.prompt}]))
+
+
+def _sweep_expired(app: Flask, args: NoArgs) -> dict[str, int]:
+    from auth import keys
+    from gateway.extensions import RedisStore
+
+    return {"removed": keys.sweep_expired(RedisStore.client(app))}
+
+
+def _agent_failure_is_transient(exc: BaseException) -> bool:
+    from gateway.agents.backends import AgentBackendError
+
+    return isinstance(exc, (AgentBackendError, *REDIS_UNAVAILABLE))
+
+
+def _redis_failure(exc: BaseException) -> bool:
+    return isinstance(exc, REDIS_UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One registered job: its argument model, its work, and how failures are handled."""
+
+    name: str
+    summary: str
+    args: type[BaseModel]
+    run: Callable[[Flask, Any], Any]
+    transient: Callable[[BaseException], bool]
+    retry: Retry | None = TRANSIENT_RETRY
+    timeout_seconds: int = 300
+
+
+REGISTRY: dict[str, JobSpec] = {
+    spec.name: spec
+    for spec in (
+        JobSpec(
+            "agent.run",
+            "Run the agent on one prompt; the result is its reply.",
+            AgentRunArgs,
+            _agent_run,
+            _agent_failure_is_transient,
+        ),
+        JobSpec(
+            "keys.sweep_expired",
+            "Remove look-ups of API keys that expired long ago; the result counts them.",
+            NoArgs,
+            _sweep_expired,
+            _redis_failure,
+            timeout_seconds=600,
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> JobSpec:
+    """The registered job called ``name``, or JobInputError."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise JobInputError(f"Unknown job '{name[:100]}'; registered jobs: {', '.join(sorted(REGISTRY))}")
+    return spec
+
+
+def validate_args(spec: JobSpec, args: Mapping[str, Any] | None) -> BaseModel:
+    """The job's arguments as its model, or JobInputError with a one-line reason."""
+    try:
+        return spec.args.model_validate(dict(args or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "args"
+        raise JobInputError(f"Invalid args for '{spec.name}': {where}: {first['msg']}") from None

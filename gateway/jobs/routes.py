@@ -1,0 +1,133 @@
+"""HTTP views for jobs (CONTRACT section 7): thin wrappers over gateway.jobs.service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel, Field
+
+from auth import current_identity, require_scope
+from auth.scopes import ADMIN, JOBS_READ, JOBS_WRITE
+from gateway.api import Schema, endpoint, parse_json, parse_query
+from gateway.errors import APIError
+from gateway.jobs import service
+from gateway.jobs.queue import app_connection
+from gateway.jobs.registry import REGISTRY, JobInputError
+
+bp = Blueprint("jobs", __name__)
+TAGS = ("jobs",)
+
+
+class JobIn(Schema):
+    """A registered job's name and its arguments."""
+
+    # The document lists the registered names; validation keeps its own message for others.
+    name: str = Field(min_length=1, max_length=100, json_schema_extra={"enum": sorted(REGISTRY)})
+    args: dict[str, Any] = Field(default_factory=dict, description="The job's arguments (see the registry)")
+
+    error_messages = {"name": "name is required", "args": "args must be a JSON object"}
+
+
+class JobsQuery(Schema):
+    limit: int = Field(default=50, ge=1, le=100)
+
+    error_messages = {"limit": "limit must be an integer between 1 and 100"}
+
+
+class JobQueued(BaseModel):
+    job_id: str
+    status: str = "queued"
+
+
+class JobSummary(BaseModel):
+    id: str
+    name: str | None
+    status: str
+    enqueued_at: str | None
+    ended_at: str | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    total: int
+
+
+class JobDetail(JobSummary):
+    args: dict[str, Any]
+    created_by: str | None
+    started_at: str | None
+    retries_left: int | None = None
+    result: Any = None
+    error: str | None = None
+
+
+def _viewer() -> str | None:
+    """Whose jobs the caller sees: its own, or every job for admin (None)."""
+    identity = current_identity()
+    assert identity is not None  # the access guard ran first
+    return None if ADMIN in identity.scopes else identity.owner
+
+
+def _fetch(job_id: str) -> Any:
+    try:
+        return service.fetch(app_connection(), job_id, owner=_viewer())
+    except service.JobNotFound:
+        raise APIError(404, "Job not found") from None
+
+
+@bp.post("/jobs")
+@require_scope(JOBS_WRITE)
+@endpoint("Enqueue a registered job", tags=TAGS, body=JobIn, responses={202: JobQueued})
+def create_job() -> tuple[Response, int]:
+    """Validate and enqueue a job from the registry (unknown names are refused)."""
+    body = parse_json(JobIn)
+    identity = current_identity()
+    assert identity is not None
+    try:
+        job_id = service.enqueue(app_connection(), name=body.name, args=body.args, owner=identity.owner)
+    except JobInputError as exc:
+        raise APIError(400, str(exc)) from None
+    return jsonify(JobQueued(job_id=job_id).model_dump()), 202
+
+
+@bp.get("/jobs")
+@require_scope(JOBS_READ)
+@endpoint("List jobs, newest first", tags=TAGS, query=JobsQuery, responses={200: JobList})
+def list_jobs() -> Response:
+    """The caller's jobs (every job for admin), newest first."""
+    query = parse_query(JobsQuery)
+    jobs, total = service.list_jobs(app_connection(), owner=_viewer(), limit=query.limit)
+    return jsonify({"jobs": jobs, "total": total})
+
+
+@bp.get("/jobs/<job_id>")
+@require_scope(JOBS_READ)
+@endpoint("Job detail", tags=TAGS, responses={200: JobDetail, 404: "Job not found"})
+def get_job(job_id: str) -> Response:
+    """Status, timestamps and the result or error of one job."""
+    return jsonify(service.detail(_fetch(job_id)))
+
+
+@bp.delete("/jobs/<job_id>")
+@require_scope(JOBS_WRITE)
+@endpoint(
+    "Cancel a job",
+    tags=TAGS,
+    responses={
+        200: JobDetail,
+        202: "Stop requested for a running job",
+        404: "Job not found",
+        409: "The job already ended",
+    },
+)
+def cancel_job(job_id: str) -> tuple[Response, int]:
+    """Cancel a waiting job (200), or stop a running one (202); 409 once it has ended."""
+    try:
+        job = service.cancel(app_connection(), job_id, owner=_viewer())
+    except service.JobAlreadyDone as exc:
+        raise APIError(409, f"Job already {exc.status}") from None
+    except service.JobNotFound:
+        raise APIError(404, "Job not found") from None
+    view = service.detail(job)
+    return jsonify(view), 200 if view["status"] == "canceled" else 202

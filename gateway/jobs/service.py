@@ -1,0 +1,174 @@
+"""Jobs service: enqueue registered jobs, read their state, cancel them.
+
+The gateway keeps its own index of the jobs created through it (newest first,
+bounded), globally and per owner, so GET /jobs lists real RQ job records
+without scanning RQ's keys; entries whose RQ record expired are dropped lazily.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from gateway.jobs.queue import SERIALIZER, get_queue
+from gateway.jobs.registry import get_spec, validate_args
+from gateway.jobs.tasks import ENTRY_POINT, ERROR_META
+from gateway.redis import KEYS
+
+INDEX_MAX = 1000  # jobs remembered per index (global and per owner)
+RESULT_TTL_SECONDS = 7 * 24 * 3600  # finished and failed jobs stay readable for a week
+
+# RQ's statuses folded into the contract's six.
+STATUS_NAMES: dict[str, str] = {
+    JobStatus.CREATED: "queued",
+    JobStatus.QUEUED: "queued",
+    JobStatus.DEFERRED: "queued",
+    JobStatus.READY_TO_ENQUEUE: "queued",
+    JobStatus.RATE_LIMITED: "queued",
+    JobStatus.SCHEDULED: "scheduled",
+    JobStatus.STARTED: "started",
+    JobStatus.FINISHED: "finished",
+    JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "canceled",
+    JobStatus.CANCELED: "canceled",
+}
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+FINAL_STATUSES = frozenset({"finished", "failed", "canceled"})
+
+
+class JobNotFound(Exception):
+    """No such job, or not one the caller may see."""
+
+
+class JobAlreadyDone(Exception):
+    """The job already ended; there is nothing to cancel."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def index_key(owner: str | None = None) -> str:
+    return KEYS.jobs_by_owner(owner) if owner else KEYS.jobs_index()
+
+
+def enqueue(conn: redis.Redis, *, name: str, args: Mapping[str, Any] | None, owner: str) -> str:
+    """Validate and enqueue a registered job; returns its id. Raises JobInputError."""
+    spec = get_spec(name)
+    clean = validate_args(spec, args).model_dump()
+    job_id = uuid.uuid4().hex
+    # Index first: a crash before the enqueue leaves only an id the listing prunes.
+    pipe = conn.pipeline(transaction=True)
+    for index in (index_key(), index_key(owner)):
+        pipe.zadd(index, {job_id: time.time()})
+        pipe.zremrangebyrank(index, 0, -INDEX_MAX - 1)
+    pipe.execute()
+    get_queue(conn).enqueue(
+        ENTRY_POINT,
+        args=(spec.name, clean),
+        job_id=job_id,
+        description=spec.name,  # RQ logs the description: never the arguments
+        meta={"name": spec.name, "owner": owner},
+        retry=spec.retry,
+        job_timeout=spec.timeout_seconds,
+        result_ttl=RESULT_TTL_SECONDS,
+        failure_ttl=RESULT_TTL_SECONDS,
+    )
+    return job_id
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def status_of(job: Job) -> str:
+    return STATUS_NAMES.get(job.get_status(refresh=False), "queued")
+
+
+def summary(job: Job) -> dict[str, Any]:
+    """What GET /jobs shows of one job."""
+    return {
+        "id": job.id,
+        "name": job.meta.get("name"),
+        "status": status_of(job),
+        "enqueued_at": _iso(job.enqueued_at or job.created_at),
+        "ended_at": _iso(job.ended_at),
+    }
+
+
+def detail(job: Job) -> dict[str, Any]:
+    """What GET /jobs/<id> shows: timestamps, arguments and the result or the error."""
+    status = status_of(job)
+    view = {
+        **summary(job),
+        "args": job.args[1] if len(job.args) > 1 else {},
+        "created_by": job.meta.get("owner"),
+        "started_at": _iso(job.started_at),
+        "retries_left": job.retries_left,
+    }
+    # A job waiting for a retry also shows why its last attempt failed.
+    if status == "finished":
+        view["result"] = job.return_value()
+    elif job.meta.get(ERROR_META):
+        view["error"] = job.meta[ERROR_META]
+    elif status == "failed":
+        view["error"] = "The job failed; see the worker log"
+    elif status == "canceled":
+        view["error"] = "The job was canceled"
+    return view
+
+
+def fetch(conn: redis.Redis, job_id: str, *, owner: str | None) -> Job:
+    """The job, if it exists and ``owner`` (None: admin) may see it; else JobNotFound."""
+    if not JOB_ID.fullmatch(job_id):
+        raise JobNotFound  # ids are ours (uuid4 hex): anything else never reaches RQ
+    try:
+        job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
+    except NoSuchJobError:
+        raise JobNotFound from None
+    if owner is not None and job.meta.get("owner") != owner:
+        raise JobNotFound
+    return job
+
+
+def list_jobs(conn: redis.Redis, *, owner: str | None, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Newest first: up to ``limit`` job summaries and how many the index holds."""
+    index = index_key(owner)
+    ids = [i.decode() if isinstance(i, bytes) else i for i in conn.zrevrange(index, 0, limit - 1)]
+    jobs = Job.fetch_many(ids, connection=conn, serializer=SERIALIZER)
+    gone = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
+    if gone:
+        conn.zrem(index, *gone)
+    return [summary(job) for job in jobs if job is not None], int(conn.zcard(index))
+
+
+def cancel(conn: redis.Redis, job_id: str, *, owner: str | None) -> Job:
+    """Cancel a waiting job, or ask the worker running it to stop. Raises JobAlreadyDone."""
+    job = fetch(conn, job_id, owner=owner)
+    status = status_of(job)
+    if status in FINAL_STATUSES:
+        raise JobAlreadyDone(status)
+    try:
+        if status == "started":
+            send_stop_job_command(conn, job.id, serializer=SERIALIZER)
+        else:
+            job.cancel()
+    except InvalidJobOperation:
+        # It moved on between our read and the cancel: report what it is now.
+        job.refresh()
+        raise JobAlreadyDone(status_of(job)) from None
+    job.refresh()
+    return job

@@ -1,0 +1,70 @@
+"""GET /metrics (JSON summary) and GET /metrics/prometheus (text exposition)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4  # what every Prometheus version scrapes
+from pydantic import BaseModel
+
+from auth import require_scope
+from auth.scopes import METRICS_READ
+from gateway.api import endpoint
+from gateway.errors import APIError
+from gateway.extensions import get_redis
+from gateway.metrics import recorder, service, store
+
+bp = Blueprint("metrics", __name__)
+TAGS = ("metrics",)
+
+
+class MetricsSummary(BaseModel):
+    ok: bool
+    backend: str
+    version: str
+    uptime_seconds: float
+    active_sessions: int
+    total_messages: int
+    total_requests: int
+    total_errors: int
+    timestamp: str
+
+
+def _snapshot() -> store.Snapshot:
+    if not current_app.config["ENABLE_METRICS"]:
+        raise APIError(404, "Not Found", "Metrics are disabled on this gateway (ENABLE_METRICS=false).")
+    recorder.flush()  # this worker's latest figures; the others flush at least every second
+    return store.read(get_redis())
+
+
+def _session_stats(r: Any) -> dict[str, Any]:
+    from gateway.agents.service import session_stats
+
+    return session_stats(r)
+
+
+@bp.get("/metrics")
+@require_scope(METRICS_READ)
+@endpoint("Gateway totals across all workers", tags=TAGS, responses={200: MetricsSummary})
+def metrics() -> Response:
+    """Request, error and session totals of the whole deployment."""
+    snapshot = _snapshot()
+    return jsonify(service.summary(snapshot, _session_stats(get_redis())))
+
+
+@bp.get("/metrics/prometheus")
+@require_scope(METRICS_READ)
+@endpoint(
+    "Prometheus metrics of all workers",
+    tags=TAGS,
+    responses={200: "Prometheus text exposition format"},
+    content_type=CONTENT_TYPE_PLAIN_0_0_4,
+)
+def prometheus() -> Response:
+    """Prometheus text exposition of every worker's metrics together."""
+    from gateway.jobs.queue import queue_depths
+
+    snapshot = _snapshot()
+    body = service.prometheus_text(snapshot, queue_depths(get_redis()))
+    return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -1,0 +1,403 @@
+"""Rate limits and quotas: every limit of a request decided, and its headers read, in ONE Redis call.
+
+Who is counted (CONTRACT section 5):
+
+* an API key by its id, an admin user by its id: the key's ``rate_limit`` (else
+  ``RATELIMIT_DEFAULT``) and its ``quota`` both hold;
+* everyone else by client IP (as ProxyFix leaves it after ``TRUSTED_PROXY_COUNT``
+  hops) under ``RATELIMIT_ANONYMOUS``: public routes, requests without
+  credentials and requests with a wrong key, so guessing keys runs into it;
+* ``/auth/login`` additionally per IP and per email (:func:`login_limit`).
+
+Why not Flask-Limiter's request hooks: it evaluates each limit with its own
+storage call and then reads the window again for its headers (three round trips
+for one limit, five for a rate plus a quota), its storage belongs to one module
+level object shared by every app, and its in-memory fallback would relax the
+login limit too. The gateway keeps Flask-Limiter's engine, the ``limits``
+package (limit strings, ``RateLimitItem``, the in-memory storage used when Redis
+is down), and replaces the hooks with one Lua script: it reads every counter of
+the request, refuses when any is spent, otherwise increments them all, and
+returns each count and time-to-reset, which is what the headers need.
+
+Fixed windows: a window starts with its first hit and lasts the limit's period.
+Counters are keyed by subject and window length, not by amount, so lowering a
+key's limit applies to the count already made; the strategy name is part of the
+key, so a future strategy never reads a counter of another shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from flask import Flask, Response, current_app, g, request
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+
+from auth.access import access_for
+from auth.identity import Identity, current_identity
+from gateway.errors import APIError
+from gateway.extensions import get_redis
+from gateway.health import HEALTH_ENDPOINTS
+from gateway.metrics import recorder
+from gateway.redis import REDIS_UNAVAILABLE, key
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "gateway.ratelimit"
+STRATEGY = "fw"  # fixed window; part of every counter's key name
+# Idle connections the limiter keeps per worker (the rest go back to the shared pool).
+MAX_IDLE_CONNECTIONS = 32
+
+# Header names (draft-ietf-httpapi-ratelimit-headers for the last two).
+HEADER_LIMIT = "X-RateLimit-Limit"
+HEADER_REMAINING = "X-RateLimit-Remaining"
+HEADER_RESET = "X-RateLimit-Reset"
+HEADER_RETRY_AFTER = "Retry-After"
+HEADER_POLICY = "RateLimit-Policy"
+HEADER_STATE = "RateLimit"
+
+# KEYS[i]: counter i. ARGV: cost, commit (1 = take, 0 = only look), then amount_i, window_ms_i.
+# Returns {breached index (0: none), count_1, pttl_1, count_2, pttl_2, ...}.
+_DECIDE_LUA = """
+local cost = tonumber(ARGV[1])
+local commit = ARGV[2] == '1'
+local counts, ttls, breached = {}, {}, 0
+for i = 1, #KEYS do
+  local amount = tonumber(ARGV[1 + 2 * i])
+  local ttl = redis.call('PTTL', KEYS[i])
+  if ttl == -1 then redis.call('DEL', KEYS[i]); ttl = -2 end  -- a counter without expiry is repaired
+  local count = 0
+  if ttl == -2 then ttl = tonumber(ARGV[2 + 2 * i]) else count = tonumber(redis.call('GET', KEYS[i])) end
+  counts[i], ttls[i] = count, ttl
+  if breached == 0 and count + cost > amount then breached = i end
+end
+if breached == 0 and commit then
+  for i = 1, #KEYS do
+    counts[i] = redis.call('INCRBY', KEYS[i], cost)
+    if counts[i] == cost then redis.call('PEXPIRE', KEYS[i], ttls[i]) end
+  end
+end
+local out = {breached}
+for i = 1, #KEYS do out[#out + 1] = counts[i]; out[#out + 1] = ttls[i] end
+return out
+"""
+_DECIDE_SHA = hashlib.sha1(_DECIDE_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One limit on one subject: ``kind`` is rate, quota, anonymous or login."""
+
+    name: str
+    kind: str
+    item: RateLimitItem
+    subject: str
+    window: int  # seconds
+    redis_key: str
+
+    @classmethod
+    def build(cls, name: str, kind: str, item: RateLimitItem, subject: str) -> Policy:
+        window = int(item.get_expiry())
+        return cls(name, kind, item, subject, window, key("ratelimit", STRATEGY, subject, window))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Every policy of a request with its count and seconds to reset; ``breached`` indexes one."""
+
+    policies: tuple[Policy, ...]
+    counts: tuple[int, ...]
+    resets: tuple[float, ...]
+    breached: int | None
+
+    def remaining(self, i: int) -> int:
+        return max(0, self.policies[i].item.amount - self.counts[i])
+
+    def headline(self) -> int:
+        """The policy the X-RateLimit-* headers describe: the breached one, else the scarcest."""
+        if self.breached is not None:
+            return self.breached
+        return min(range(len(self.policies)), key=self.remaining)
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.resets[self.headline()]))
+
+    def headers(self) -> dict[str, str]:
+        i = self.headline()
+        ietf = zip(self.policies, self.resets, strict=True)
+        headers = {
+            HEADER_LIMIT: str(self.policies[i].item.amount),
+            HEADER_REMAINING: str(self.remaining(i)),
+            HEADER_RESET: str(math.ceil(time.time() + self.resets[i])),
+            HEADER_POLICY: ", ".join(f'"{p.name}";q={p.item.amount};w={p.window}' for p in self.policies),
+            HEADER_STATE: ", ".join(
+                f'"{p.name}";r={self.remaining(n)};t={math.ceil(reset)}' for n, (p, reset) in enumerate(ietf)
+            ),
+        }
+        if self.breached is not None:
+            headers[HEADER_RETRY_AFTER] = str(self.retry_after())
+        return headers
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_limit_items(value: str) -> tuple[RateLimitItem, ...]:
+    """``"100/minute;10000/day"`` as limit items (cached: the same few strings recur)."""
+    return tuple(parse_many(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _policies(kind: str, value: str, subject: str) -> tuple[Policy, ...]:
+    """The policies of one limit string on one subject (cached: the hot path rebuilds none)."""
+    items = parse_limit_items(value)
+    if len(items) == 1:
+        return (Policy.build(kind, kind, items[0], subject),)
+    return tuple(Policy.build(f"{kind}-{int(item.get_expiry())}s", kind, item, subject) for item in items)
+
+
+def _anonymous_policies() -> Sequence[Policy]:
+    return _policies("anonymous", current_app.config["RATELIMIT_ANONYMOUS"], f"ip:{client_ip()}")
+
+
+def policies_for(identity: Identity) -> tuple[Policy, ...]:
+    """The identity's rate (its own or RATELIMIT_DEFAULT) and its quota, if it has one."""
+    subject = f"{'key' if identity.type == 'api_key' else 'user'}:{identity.id}"
+    default = current_app.config["RATELIMIT_DEFAULT"]
+    try:
+        policies = _policies("rate", identity.rate_limit or default, subject)
+        if identity.quota:
+            policies = tuple(sorted(policies + _policies("quota", identity.quota, subject), key=_by_window))
+    except ValueError:
+        # A stored limit that no longer parses must not turn every request into a 500.
+        log.warning("unparsable limit on %s; using RATELIMIT_DEFAULT", identity.owner)
+        policies = _policies("rate", default, subject)
+    return policies
+
+
+def _by_window(policy: Policy) -> int:
+    return policy.window
+
+
+def client_ip() -> str:
+    """The client's address after ProxyFix (which trusts exactly TRUSTED_PROXY_COUNT hops)."""
+    return request.remote_addr or "unknown"
+
+
+class _Connections:
+    """The limiter's own free-list of connections from the app's Redis client.
+
+    Measured under gunicorn's gevent workers, a command through redis-py's client
+    costs about 90 us of CPU, of which a bare round trip is about 20: the rest is
+    the pool's locks and liveness checks and the retry wrapper, paid on every
+    command. The limiter makes one call on every request, so it checks connections
+    out of the client's pool once and keeps them in a list; under gevent a list's
+    pop and append cannot interleave, and under threads they are atomic. The
+    connections are the client's own (same URL, TLS, timeouts); one that fails is
+    disconnected and handed back to the pool, and a stale one is retried once.
+    """
+
+    def __init__(self) -> None:
+        self.free: list[Any] = []
+        self.pid = os.getpid()
+
+    def call(self, *args: Any) -> Any:
+        if self.pid != os.getpid():  # a forked child must not share its parent's sockets
+            self.free, self.pid = [], os.getpid()
+        for attempt in (1, 2):
+            reused = bool(self.free)
+            conn = self.free.pop() if reused else get_redis().connection_pool.get_connection()
+            try:
+                conn.send_command(*args)
+                reply = conn.read_response()
+            except redis.ResponseError:
+                self.free.append(conn)  # an error reply leaves the connection usable
+                raise
+            except BaseException as exc:
+                conn.disconnect()
+                get_redis().connection_pool.release(conn)
+                if attempt == 1 and reused and isinstance(exc, REDIS_UNAVAILABLE):
+                    continue  # the server may have closed an idle connection: one fresh try
+                raise
+            if len(self.free) < MAX_IDLE_CONNECTIONS:
+                self.free.append(conn)
+            else:  # after a burst, give the pool back what the limiter no longer needs
+                get_redis().connection_pool.release(conn)
+            return reply
+        raise AssertionError("unreachable")
+
+
+class _State:
+    """Per app: the Lua script's digest, the limiter's connections, the fallback counters."""
+
+    def __init__(self, app: Flask) -> None:
+        self.fail_open: bool = app.config["RATELIMIT_FAIL_OPEN"]
+        self.connections = _Connections()
+        self.memory = MemoryStorage()
+        self.memory_lock = threading.Lock()
+        self.degraded = False
+
+    def _evalsha(self, keys: list[str], args: list[int]) -> Any:
+        try:
+            return self.connections.call("EVALSHA", _DECIDE_SHA, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # first call on this server, or after a restart
+            self.connections.call("SCRIPT", "LOAD", _DECIDE_LUA)
+            return self.connections.call("EVALSHA", _DECIDE_SHA, len(keys), *keys, *args)
+
+    def decide_in_redis(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
+        args: list[int] = [1, 1 if commit else 0]
+        for policy in policies:
+            args += [policy.item.amount, policy.window * 1000]
+        out = self._evalsha([p.redis_key for p in policies], args)
+        if self.degraded:
+            self.degraded = False
+            log.warning("rate-limit storage is back: limits are shared through Redis again")
+        counts = tuple(int(c) for c in out[1::2])
+        resets = tuple(int(ms) / 1000 for ms in out[2::2])
+        return Decision(tuple(policies), counts, resets, int(out[0]) - 1 if out[0] else None)
+
+    def decide_in_memory(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
+        if not self.degraded:
+            self.degraded = True
+            log.warning("rate-limit storage unreachable: falling back to per-process limits")
+        keys = [p.redis_key for p in policies]
+        with self.memory_lock:
+            counts = [self.memory.get(k) for k in keys]
+            breached = next((i for i, p in enumerate(policies) if counts[i] + 1 > p.item.amount), None)
+            if breached is None and commit:
+                counts = [self.memory.incr(k, p.window) for k, p in zip(keys, policies, strict=True)]
+            now = time.time()
+            resets = tuple(
+                max(0.0, self.memory.get_expiry(k) - now) or p.window
+                for k, p in zip(keys, policies, strict=True)
+            )
+        return Decision(tuple(policies), tuple(counts), resets, breached)
+
+    def decide(self, policies: Sequence[Policy], *, commit: bool = True, closed: bool = False) -> Decision:
+        """Redis first; when it is unreachable, per-process counters if failing open (never for login)."""
+        try:
+            return self.decide_in_redis(policies, commit=commit)
+        except REDIS_UNAVAILABLE:
+            if closed or not self.fail_open:
+                raise
+            return self.decide_in_memory(policies, commit=commit)
+
+
+def _state() -> _State:
+    return current_app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+
+
+def _too_many(decision: Decision) -> APIError:
+    assert decision.breached is not None
+    policy = decision.policies[decision.breached]
+    recorder.record_rate_limited(policy.kind)
+    retry_after = decision.retry_after()
+    return APIError(
+        429,
+        "Too Many Requests",
+        f"The {policy.kind} limit of {policy.item.amount} per {policy.window} seconds is spent; "
+        f"retry after {retry_after} seconds.",
+        headers=decision.headers(),
+        extra={"retry_after": retry_after},
+    )
+
+
+def _exempt() -> bool:
+    # Preflights carry no credentials, health probes must never be throttled, and
+    # requests that match no route are answered by routing (404/405).
+    return (
+        request.method == "OPTIONS"
+        or request.endpoint is None
+        or request.endpoint in HEALTH_ENDPOINTS
+        or request.routing_exception is not None
+    )
+
+
+def _request_policies() -> Sequence[Policy]:
+    if access_for(request.endpoint).public:
+        return _anonymous_policies()
+    # Resolving the identity here (before the access guard) lets a wrong key fall
+    # through to the per-IP limit, so its 401s are counted.
+    identity = current_identity()
+    return policies_for(identity) if identity is not None else _anonymous_policies()
+
+
+def check_request_limit() -> None:
+    """before_request: take one request from every limit of this request, or answer 429."""
+    if _exempt():
+        return
+    decision = _state().decide(_request_policies())
+    g.rate_limit_decision = decision
+    if decision.breached is not None:
+        raise _too_many(decision)
+
+
+def add_headers(response: Response) -> Response:
+    """after_request: the limit state taken in before_request (no further Redis call)."""
+    decision: Decision | None = g.get("rate_limit_decision")
+    # A 429 already carries them (it was built from the same decision).
+    if decision is not None and decision.breached is None:
+        for name, value in decision.headers().items():
+            response.headers.add(name, value)
+    return response
+
+
+def quota_exhausted(identity: Identity) -> bool:
+    """True when the identity's rate or quota has no request left (looks, takes nothing)."""
+    decision = _state().decide(policies_for(identity), commit=False)
+    return decision.breached is not None
+
+
+def _login_email() -> str | None:
+    data = request.get_json(silent=True) if request.is_json else request.form
+    email = data.get("email") if hasattr(data, "get") else None
+    return email.strip().lower() if isinstance(email, str) and email.strip() else None
+
+
+def _login_policies() -> tuple[Policy, ...]:
+    limit = current_app.config["RATELIMIT_LOGIN"]
+    policies = _policies("login", limit, f"login-ip:{client_ip()}")
+    email = _login_email()
+    if email:
+        # Hashed: the counter's name should not carry an address in clear.
+        digest = hashlib.sha256(email.encode()).hexdigest()[:32]
+        policies += _policies("login", limit, f"login-email:{digest}")
+    return policies
+
+
+def login_limit(view: F) -> F:
+    """RATELIMIT_LOGIN (5/minute) per client IP and per email; closed (503) when Redis is down."""
+
+    @functools.wraps(view)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        try:
+            decision = _state().decide(_login_policies(), closed=True)
+        except REDIS_UNAVAILABLE:
+            raise APIError(
+                503,
+                "Service Unavailable",
+                "Login is unavailable while the rate-limit store is unreachable; retry shortly.",
+                headers={HEADER_RETRY_AFTER: "1"},
+            ) from None
+        g.rate_limit_decision = decision
+        if decision.breached is not None:
+            raise _too_many(decision)
+        return view(*args, **kwargs)
+
+    return limited  # type: ignore[return-value]
+
+
+def init_app(app: Flask) -> None:
+    """Register the limiter's hooks; call after security.init_app and before auth.init_app."""
+    app.extensions[EXTENSION_KEY] = _State(app)
+    app.before_request(check_request_limit)
+    app.after_request(add_headers)

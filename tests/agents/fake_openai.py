@@ -1,0 +1,81 @@
+"""A real local HTTP server speaking OpenAI's streaming chat-completions format.
+
+Modes: ``normal`` streams a reply word by word, ``slow`` sends one chunk then
+stalls (to hit the client's read timeout), ``fail`` answers HTTP 500.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.mode = "normal"
+        self.stall_seconds = 3.0
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def start(self) -> FakeUpstream:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def reply_to(messages: list[dict[str, str]]) -> str:
+        return f"Upstream heard {len(messages)} messages, the last: {messages[-1]['content']}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                upstream.requests.append(body)
+                upstream.headers.append(dict(self.headers))
+                if self.path != "/v1/chat/completions" or upstream.mode == "fail":
+                    self._json(500, {"error": {"message": "upstream exploded"}})
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                words = upstream.reply_to(body["messages"]).split(" ")
+                for index, word in enumerate(words):
+                    self._chunk({"role": "assistant"} if index == 0 else {})
+                    self._chunk({"content": word if index == 0 else " " + word})
+                    if upstream.mode == "slow":
+                        time.sleep(upstream.stall_seconds)
+                        return
+                self.wfile.write(b"data: [DONE]\n\n")
+
+            def _chunk(self, delta: dict[str, str]) -> None:
+                chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+
+            def _json(self, status: int, body: dict[str, Any]) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        return Handler

@@ -1,0 +1,150 @@
+"""Settings: production by default, and a bad value stops start-up with one line naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from config import SETTINGS, ConfigError, load_config
+from tests.support.gunicorn import ROOT
+
+STRONG_SECRET = "Zq3v9Lr0pXy7Kd2Nw8Ht5Bc1Ms6Fg4Aj-u"
+# Port 1: nothing listens, so nothing these tests start can write to a real Redis.
+PRODUCTION = {"SECRET_KEY": STRONG_SECRET, "REDIS_URL": "redis://127.0.0.1:1/0"}
+
+# (environment on top of a valid production one, variable the one-line message must name)
+REFUSED = [
+    ({"SECRET_KEY": ""}, "SECRET_KEY"),
+    ({"SECRET_KEY": "changeme"}, "SECRET_KEY"),
+    ({"SECRET_KEY": "short-but-random-9f3a"}, "SECRET_KEY"),
+    ({"REDIS_URL": ""}, "REDIS_URL"),
+    ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://cache:port/0"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis:///0"}, "REDIS_URL"),
+    ({"RATELIMIT_DEFAULT": "lots"}, "RATELIMIT_DEFAULT"),
+    ({"RATELIMIT_ANONYMOUS": "10/fortnight"}, "RATELIMIT_ANONYMOUS"),
+    ({"RATELIMIT_DEFAULT": "10/second;100/minute"}, "RATELIMIT_DEFAULT"),
+    ({"RATELIMIT_FAIL_OPEN": "maybe"}, "RATELIMIT_FAIL_OPEN"),
+    ({"AGENT_BACKEND": "gpt"}, "AGENT_BACKEND"),
+    ({"AGENT_BACKEND": "openai"}, "OPENAI_BASE_URL"),
+    ({"AGENT_BACKEND": "openai", "OPENAI_BASE_URL": "api.openai.com/v1"}, "OPENAI_BASE_URL"),
+    ({"CORS_ORIGINS": "*"}, "CORS_ORIGINS"),
+    ({"CORS_ORIGINS": "https://ok.example.com,not-an-origin"}, "CORS_ORIGINS"),
+    ({"COMMAND_CENTER_URL": "javascript:alert(1)"}, "COMMAND_CENTER_URL"),
+    ({"PORT": "http"}, "PORT"),
+    ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
+    ({"TRUSTED_PROXY_COUNT": "one"}, "TRUSTED_PROXY_COUNT"),
+    ({"FORCE_HTTPS": "sometimes"}, "FORCE_HTTPS"),
+    ({"ENABLE_METRICS": "perhaps"}, "ENABLE_METRICS"),
+    ({"GUNICORN_TIMEOUT": "0"}, "GUNICORN_TIMEOUT"),
+    ({"FLASK_ENV": "staging"}, "FLASK_ENV"),
+]
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """The process environment without any gateway setting, plus ``extra``."""
+    names = {s.env for s in SETTINGS} | {"FLASK_ENV", "FLASK_APP"}
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(extra)
+    return env
+
+
+def test_production_is_the_default_with_the_contract_defaults() -> None:
+    config = load_config(PRODUCTION)
+    assert config["FLASK_ENV"] == "production"
+    assert config["DEBUG"] is False and config["TESTING"] is False
+    assert config["FORCE_HTTPS"] is True and config["TRUSTED_PROXY_COUNT"] == 1
+    assert config["SESSION_COOKIE_SECURE"] is True and config["SESSION_COOKIE_HTTPONLY"] is True
+    assert (config["PORT"], config["WEB_CONCURRENCY"]) == (10000, 2)
+    assert config["CORS_ORIGINS"] == ()
+    assert (config["RATELIMIT_DEFAULT"], config["RATELIMIT_ANONYMOUS"]) == ("120/minute", "30/minute")
+    assert config["RATELIMIT_FAIL_OPEN"] is False
+    assert config["COMMAND_CENTER_URL"] == "/docs"
+    assert (config["AGENT_BACKEND"], config["AGENT_BUILTIN_DELAY_MS"]) == ("builtin", 100)
+    assert config["ENABLE_METRICS"] is True and config["ENABLE_STREAMING"] is True
+
+
+@pytest.mark.parametrize("name", ["development", "testing"])
+def test_non_production_trusts_no_proxy_and_serves_plain_http(name: str) -> None:
+    config = load_config({"FLASK_ENV": name, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert config["FLASK_ENV"] == name
+    assert config["TRUSTED_PROXY_COUNT"] == 0 and config["FORCE_HTTPS"] is False
+    assert config["SESSION_COOKIE_SECURE"] is False
+
+
+def test_values_are_parsed_from_the_environment() -> None:
+    config = load_config(
+        {
+            **PRODUCTION,
+            "REDIS_URL": "rediss://:pw@cache.internal:6380/2",
+            "CORS_ORIGINS": "https://app.example.com, https://admin.example.com/",
+            "RATELIMIT_DEFAULT": "100/minute",
+            "RATELIMIT_FAIL_OPEN": "yes",
+            "WEB_CONCURRENCY": "4",
+            "AGENT_BACKEND": "openai",
+            "OPENAI_BASE_URL": "https://llm.example.com/v1/",
+            "ENABLE_STREAMING": "false",
+        }
+    )
+    assert config["REDIS_URL"] == "rediss://:pw@cache.internal:6380/2"
+    assert config["CORS_ORIGINS"] == ("https://app.example.com", "https://admin.example.com")
+    assert config["RATELIMIT_DEFAULT"] == "100/minute" and config["RATELIMIT_FAIL_OPEN"] is True
+    assert config["WEB_CONCURRENCY"] == 4
+    assert config["OPENAI_BASE_URL"] == "https://llm.example.com/v1"
+    assert config["ENABLE_STREAMING"] is False
+    assert load_config({**PRODUCTION, "REDIS_URL": "unix:///run/redis.sock"})["REDIS_URL"].startswith("unix:")
+
+
+@pytest.mark.parametrize(("env", "variable"), REFUSED)
+def test_load_config_refuses_with_one_line_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config({**PRODUCTION, **env})
+    message = str(refused.value)
+    assert variable in message
+    assert "\n" not in message
+
+
+# A few of the refusals again, through the real entry points: one line on stderr, no traceback.
+ENTRY_CASES = [
+    ({"SECRET_KEY": ""}, "SECRET_KEY"),
+    ({"SECRET_KEY": "changeme"}, "SECRET_KEY"),
+    ({"REDIS_URL": ""}, "REDIS_URL"),
+    ({"RATELIMIT_DEFAULT": "lots"}, "RATELIMIT_DEFAULT"),
+    ({"AGENT_BACKEND": "gpt"}, "AGENT_BACKEND"),
+    ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL"),
+]
+
+
+def assert_one_clean_line(done: subprocess.CompletedProcess[str], variable: str) -> None:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("gateway: configuration error:") and variable in lines[0]
+
+
+@pytest.mark.parametrize(("env", "variable"), ENTRY_CASES)
+def test_gunicorn_refuses_to_start_with_one_line(env: dict[str, str], variable: str) -> None:
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    environ = clean_environ(**{**PRODUCTION, **env, "PORT": "1"})  # never binds: refused first
+    done = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60)
+    assert_one_clean_line(done, variable)
+
+
+@pytest.mark.parametrize(("env", "variable"), ENTRY_CASES[::2])
+def test_flask_cli_refuses_with_one_line(env: dict[str, str], variable: str) -> None:
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "keys", "list"]
+    environ = clean_environ(**{**PRODUCTION, **env})
+    done = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60)
+    assert_one_clean_line(done, variable)
+
+
+def test_flask_cli_loads_a_valid_production_config() -> None:
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "--help"]
+    done = subprocess.run(command, cwd=ROOT, env=clean_environ(**PRODUCTION), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "configuration error" not in done.stderr
+    assert "keys" in done.stdout
