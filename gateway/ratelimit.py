@@ -58,6 +58,8 @@ EXTENSION_KEY = "gateway.ratelimit"
 STRATEGY = "fw"  # fixed window; part of every counter's key name
 # Idle connections the limiter keeps per worker (the rest go back to the shared pool).
 MAX_IDLE_CONNECTIONS = 32
+# Failing open, how often the limiter looks whether Redis is back.
+RECHECK_SECONDS = 1.0
 
 # Header names (draft-ietf-httpapi-ratelimit-headers for the last two).
 HEADER_LIMIT = "X-RateLimit-Limit"
@@ -76,7 +78,10 @@ local counts, ttls, breached = {}, {}, 0
 for i = 1, #KEYS do
   local amount = tonumber(ARGV[1 + 2 * i])
   local ttl = redis.call('PTTL', KEYS[i])
-  if ttl == -1 then redis.call('DEL', KEYS[i]); ttl = -2 end  -- a counter without expiry is repaired
+  -- A counter without expiry, or a key of another shape, is replaced rather than trusted or failed on.
+  if ttl == -1 or (ttl >= 0 and redis.call('TYPE', KEYS[i]).ok ~= 'string') then
+    redis.call('DEL', KEYS[i]); ttl = -2
+  end
   local count = 0
   if ttl == -2 then ttl = tonumber(ARGV[2 + 2 * i]) else count = tonumber(redis.call('GET', KEYS[i])) end
   counts[i], ttls[i] = count, ttl
@@ -245,6 +250,7 @@ class _State:
         self.memory = MemoryStorage()
         self.memory_lock = threading.Lock()
         self.degraded = False
+        self.recheck_at = 0.0  # time.monotonic() before which a degraded limiter skips Redis
 
     def _evalsha(self, keys: list[str], args: list[int]) -> Any:
         try:
@@ -284,11 +290,17 @@ class _State:
 
     def decide(self, policies: Sequence[Policy], *, commit: bool = True, closed: bool = False) -> Decision:
         """Redis first; when it is unreachable, per-process counters if failing open (never for login)."""
+        fallback = self.fail_open and not closed
+        # While degraded, Redis is tried again only every RECHECK_SECONDS: a stalled
+        # server would otherwise cost every request its connect timeout.
+        if fallback and time.monotonic() < self.recheck_at:
+            return self.decide_in_memory(policies, commit=commit)
         try:
             return self.decide_in_redis(policies, commit=commit)
         except REDIS_UNAVAILABLE:
-            if closed or not self.fail_open:
+            if not fallback:
                 raise
+            self.recheck_at = time.monotonic() + RECHECK_SECONDS
             return self.decide_in_memory(policies, commit=commit)
 
 

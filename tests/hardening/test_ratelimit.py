@@ -199,7 +199,9 @@ def test_real_login_attempts_hit_their_limit(make_app: Callable[..., Flask], r: 
     client = make_app().test_client()
     wrong = {"email": "admin@example.com", "password": "wrong password"}
     ip = {"REMOTE_ADDR": "198.51.100.30"}
-    assert [client.post("/auth/login", json=wrong, environ_base=ip).status_code for _ in range(5)] == [401] * 5
+    assert [client.post("/auth/login", json=wrong, environ_base=ip).status_code for _ in range(5)] == [
+        401
+    ] * 5
     # The sixth attempt is refused before the password is checked, even the right one.
     right = {**wrong, "password": "correct horse battery staple"}
     refused = client.post("/auth/login", json=right, environ_base=ip)
@@ -208,3 +210,23 @@ def test_real_login_attempts_hit_their_limit(make_app: Callable[..., Flask], r: 
     # From another address the email's own budget is spent too.
     other = client.post("/auth/login", json=right, environ_base={"REMOTE_ADDR": "198.51.100.31"})
     assert other.status_code == 429
+
+
+@pytest.mark.parametrize("damage", ["no_expiry", "wrong_type"])
+def test_a_damaged_counter_is_replaced_not_a_500(
+    make_app: Callable[..., Flask], r: redis.Redis, damage: str
+) -> None:
+    client = make_app(RATELIMIT_ANONYMOUS="3/minute").test_client()
+    ip = {"REMOTE_ADDR": "198.51.100.40"}
+    assert client.get("/", environ_base=ip).status_code == 200
+    (counter,) = r.keys("gw:ratelimit:fw:ip:198.51.100.40:*")
+    r.delete(counter)
+    if damage == "no_expiry":
+        r.set(counter, 999)  # would block the client forever if trusted
+    else:
+        r.rpush(counter, "x")
+        r.expire(counter, 60)
+    answer = client.get("/", environ_base=ip)
+    assert answer.status_code == 200
+    assert answer.headers["X-RateLimit-Remaining"] == "2"
+    assert 0 < r.ttl(counter) <= 60

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import pytest
+import redis
 from flask import Flask
 
 from auth import keys
 from devtools.redis_server import RedisServer
+from gateway.ratelimit import RECHECK_SECONDS
 
 PATHS = ("/", "/docs", "/_probe/me", "/nowhere")
 
@@ -84,3 +87,18 @@ def test_limits_resume_after_a_redis_restart(make_app: Callable[..., Flask], own
     answer = client.get("/")
     assert answer.status_code == 200
     assert answer.headers["X-RateLimit-Remaining"] == "2"  # a fresh server: counters start again
+
+
+def test_fail_open_returns_to_redis_when_it_is_back(
+    make_app: Callable[..., Flask], own_redis: RedisServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    client = stopped_app(make_app, own_redis, fail_open=True).test_client()
+    assert client.get("/").status_code == 200  # per-process fallback
+    own_redis.start()
+    time.sleep(RECHECK_SECONDS + 0.2)
+    assert client.get("/").status_code == 200
+    assert redis.Redis.from_url(own_redis.url).keys("gw:ratelimit:*")  # counted in Redis again
+    messages = [
+        json.loads(line)["message"] for line in capfd.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    assert any("storage is back" in m for m in messages)

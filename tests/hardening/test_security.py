@@ -45,6 +45,7 @@ def client(make_app: Callable[..., Flask]) -> FlaskClient:
         ("DELETE", "/", 405),
         ("TRACE", "/", 405),
         ("BREW", "/", 405),
+        ("CONNECT", "/", 405),
         ("GET", "/_probe/crash", 500),
         ("GET", "/_probe/stream", 200),
     ],
