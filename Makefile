@@ -23,6 +23,7 @@ run: $(VENV)/.installed
 	$(BIN)/python -m devtools.run
 
 test: $(VENV)/.installed
+	@bash devtools/ensure-chromium.sh
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed

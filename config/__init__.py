@@ -186,7 +186,8 @@ class DevelopmentConfig(Config):
     SESSION_COOKIE_SECURE = False
     DEFAULTS = {
         "SECRET_KEY": "development-only-secret-key-not-for-production",
-        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        # The Redis `make run` starts (devtools.run), not a system Redis on 6379.
+        "REDIS_URL": "redis://127.0.0.1:6390/0",
         "TRUSTED_PROXY_COUNT": 0,
         "FORCE_HTTPS": False,
     }

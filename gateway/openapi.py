@@ -273,7 +273,7 @@ def _model_sort_key(item: tuple[type[BaseModel], JsonSchemaMode]) -> tuple[str, 
 
 
 def _resolve_refs(node: Any, refs: dict[Any, Any]) -> None:
-    """Replace the (model, mode) placeholders left by ``_Builder.ref`` with real ``$ref`` schemas."""
+    """Replace the (model, mode) markers left by ``_Builder.ref`` with real ``$ref`` schemas."""
     if isinstance(node, dict):
         for name, value in node.items():
             if isinstance(value, tuple):

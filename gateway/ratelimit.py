@@ -363,10 +363,10 @@ def add_headers(response: Response) -> Response:
     return response
 
 
-def quota_exhausted(identity: Identity) -> bool:
-    """True when the identity's rate or quota has no request left (looks, takes nothing)."""
-    decision = _state().decide(policies_for(identity), commit=False)
-    return decision.breached is not None
+def quota_exhausted(identity: Identity, *, kinds: tuple[str, ...] = ("rate", "quota")) -> bool:
+    """True when one of the identity's limits of these kinds has no request left (looks, takes nothing)."""
+    policies = tuple(p for p in policies_for(identity) if p.kind in kinds)
+    return bool(policies) and _state().decide(policies, commit=False).breached is not None
 
 
 def _login_email() -> str | None:

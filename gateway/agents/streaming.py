@@ -11,7 +11,7 @@ source to the client and, between frames:
   ``STREAM_HEARTBEAT_SECONDS`` (proxies and clients keep the connection open);
 * at most once per ``CHECK_INTERVAL`` (and at least that often when idle) runs
   the *stop checks*, a plain list of callables returning a stop reason or None
-  (lifetime, key revocation; append more, e.g. a quota check, in
+  (lifetime, key revocation, quota; append more in
   :func:`default_stop_checks`); a reason ends the stream with a final
   ``event: error``;
 * every ``FLUSH_INTERVAL`` writes the new frames to Redis for resuming.
@@ -54,6 +54,7 @@ from gateway.agents.sse import (
 )
 from gateway.errors import APIError
 from gateway.metrics import recorder
+from gateway.ratelimit import quota_exhausted
 from gateway.redis import KEYS, REDIS_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,30 @@ def key_revocation_check(r: redis.Redis, key_id: str) -> StopCheck:
     return check
 
 
+def quota_check(identity: Identity) -> StopCheck | None:
+    """Stops the stream when other requests spend the identity's quota while it is open.
+
+    Only the quota (e.g. 10000/day) ends a stream, not the per-minute rate: the rate
+    governs how often requests start. A stream whose own request took the last unit
+    of quota was granted, so it is left to finish.
+    """
+    if not identity.quota or quota_exhausted(identity, kinds=("quota",)):
+        return None
+
+    def check() -> str | None:
+        return "quota_exhausted" if quota_exhausted(identity, kinds=("quota",)) else None
+
+    return check
+
+
 def default_stop_checks(*, r: redis.Redis, identity: Identity, settings: StreamSettings) -> list[StopCheck]:
-    """The checks every open stream runs; append to the list for more (e.g. quota)."""
+    """The checks every open stream runs: lifetime, and for API keys revocation and quota."""
     checks = [lifetime_check(settings.max_seconds)]
     if identity.type == "api_key":
         checks.append(key_revocation_check(r, identity.id))
+        quota = quota_check(identity)
+        if quota is not None:
+            checks.append(quota)
     return checks
 
 

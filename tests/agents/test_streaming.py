@@ -149,6 +149,37 @@ def test_revocation_ends_an_open_stream(
     assert all(e.json["type"] == "delta" for e in events[:-1])
 
 
+def test_spent_quota_ends_an_open_stream(
+    make_app: Callable[..., Flask], auth_headers: Headers, new_session: Any
+) -> None:
+    client = make_app(AGENT_BUILTIN_DELAY_MS="50").test_client()
+    # session + message + stream take 3 of the 5; two more requests spend the quota.
+    headers = auth_headers("agents:write", "agents:read", quota="5/day")
+    session_id = new_session(client, headers, LONG)
+    response = stream(client, headers, session_id)
+    events: list[Event] = []
+    for event in iter_events(response.response):
+        events.append(event)
+        if len(events) == 3:
+            for _ in range(2):
+                assert client.get("/agents/sessions", headers=headers).status_code == 200
+            assert client.get("/agents/sessions", headers=headers).status_code == 429
+    response.close()
+    assert events[-1].event == "error"
+    assert events[-1].json["error"] == "quota_exhausted"
+    assert all(e.json["type"] == "delta" for e in events[:-1])
+
+
+def test_stream_granted_the_last_unit_of_quota_finishes(
+    make_app: Callable[..., Flask], auth_headers: Headers, new_session: Any
+) -> None:
+    client = make_app(AGENT_BUILTIN_DELAY_MS="5").test_client()
+    headers = auth_headers("agents:write", quota="3/day")
+    session_id = new_session(client, headers, "hello there")
+    events = list(iter_events(stream(client, headers, session_id).response))
+    assert events[-1].json["type"] == "done"
+
+
 def test_stream_cap_per_identity(
     make_app: Callable[..., Flask], auth_headers: Headers, new_session: Any, r: redis.Redis, key_id: Any
 ) -> None:
