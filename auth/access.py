@@ -58,11 +58,12 @@ def access_for(endpoint: str | None) -> Access:
 
 def enforce_access() -> None:
     """before_request guard: 401 without an identity, 403 without the scope."""
-    if request.routing_exception is not None or request.endpoint is None:
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    if req.routing_exception is not None or req.endpoint is None:
         return  # 404/405 are answered by routing
-    if request.method == "OPTIONS":
+    if req.method == "OPTIONS":
         return  # CORS preflight and automatic OPTIONS carry no credentials
-    access = access_for(request.endpoint)
+    access = access_for(req.endpoint)
     if access.public:
         return
     identity = current_identity()

@@ -85,7 +85,7 @@ def looks_valid(secret: str) -> bool:
 
 def digest(secret: str, pepper: bytes) -> str:
     """The keyed digest stored in place of the key (HMAC-SHA256 with a server-side secret)."""
-    return hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(pepper, secret.encode(), hashlib.sha256).hex()  # one-shot: the same value, faster
 
 
 def record_key(key_id: str) -> str:
@@ -241,7 +241,12 @@ return redis.call('HGETALL', ARGV[1] .. id)
 
 def lookup(r: redis.Redis, secret: str, pepper: bytes) -> dict[str, Any] | None:
     """The active record for a presented key, or None for unknown, revoked or expired keys."""
-    flat = r.eval(_LOOKUP_SCRIPT, 1, digest_key(digest(secret, pepper)), record_key(""))
+    return lookup_digest(r, digest(secret, pepper))
+
+
+def lookup_digest(r: redis.Redis, key_digest: str) -> dict[str, Any] | None:
+    """:func:`lookup` for a key whose digest the caller has already computed."""
+    flat = r.eval(_LOOKUP_SCRIPT, 1, digest_key(key_digest), record_key(""))
     if not flat:
         return None
     record = _decode(dict(zip(flat[::2], flat[1::2], strict=True)))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis
 from flask import Flask, current_app
-from flask_login import LoginManager
 
+from auth.identity import IdentityLoginManager
 from gateway.redis import redis_from_config
 
 EXTENSION_KEY = "gateway.redis"
@@ -25,7 +25,7 @@ class RedisStore:
 
 
 redis_store = RedisStore()
-login_manager = LoginManager()
+login_manager = IdentityLoginManager()
 
 
 def get_redis() -> redis.Redis:

@@ -32,6 +32,7 @@ import hashlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -110,11 +111,13 @@ class Policy:
     subject: str
     window: int  # seconds
     redis_key: str
+    ietf: str  # this policy's item of the RateLimit-Policy header (fixed, so made once)
 
     @classmethod
     def build(cls, name: str, kind: str, item: RateLimitItem, subject: str) -> Policy:
         window = int(item.get_expiry())
-        return cls(name, kind, item, subject, window, key("ratelimit", STRATEGY, subject, window))
+        redis_key = key("ratelimit", STRATEGY, subject, window)
+        return cls(name, kind, item, subject, window, redis_key, f'"{name}";q={item.amount};w={window}')
 
 
 @dataclass(frozen=True)
@@ -139,20 +142,23 @@ class Decision:
         return max(1, math.ceil(self.resets[self.headline()]))
 
     def headers(self) -> dict[str, str]:
+        return dict(self.header_items())
+
+    def header_items(self) -> list[tuple[str, str]]:
+        """The rate-limit headers of this decision, in order."""
         i = self.headline()
-        ietf = zip(self.policies, self.resets, strict=True)
-        headers = {
-            HEADER_LIMIT: str(self.policies[i].item.amount),
-            HEADER_REMAINING: str(self.remaining(i)),
-            HEADER_RESET: str(math.ceil(time.time() + self.resets[i])),
-            HEADER_POLICY: ", ".join(f'"{p.name}";q={p.item.amount};w={p.window}' for p in self.policies),
-            HEADER_STATE: ", ".join(
-                f'"{p.name}";r={self.remaining(n)};t={math.ceil(reset)}' for n, (p, reset) in enumerate(ietf)
-            ),
-        }
+        policies, resets = self.policies, self.resets
+        state = [f'"{p.name}";r={self.remaining(n)};t={math.ceil(resets[n])}' for n, p in enumerate(policies)]
+        items = [
+            (HEADER_LIMIT, str(policies[i].item.amount)),
+            (HEADER_REMAINING, str(self.remaining(i))),
+            (HEADER_RESET, str(math.ceil(time.time() + resets[i]))),
+            (HEADER_POLICY, ", ".join([p.ietf for p in policies])),
+            (HEADER_STATE, ", ".join(state)),
+        ]
         if self.breached is not None:
-            headers[HEADER_RETRY_AFTER] = str(self.retry_after())
-        return headers
+            items.append((HEADER_RETRY_AFTER, str(self.retry_after())))
+        return items
 
 
 @functools.lru_cache(maxsize=1024)
@@ -176,15 +182,23 @@ def _anonymous_policies() -> Sequence[Policy]:
 
 def policies_for(identity: Identity) -> tuple[Policy, ...]:
     """The identity's rate (its own or RATELIMIT_DEFAULT) and its quota, if it has one."""
-    subject = f"{'key' if identity.type == 'api_key' else 'user'}:{identity.id}"
     default = current_app.config["RATELIMIT_DEFAULT"]
+    return _identity_policies(identity.type, identity.id, identity.rate_limit, identity.quota, default)
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_policies(
+    kind: str, identity_id: str, rate_limit: str | None, quota: str | None, default: str
+) -> tuple[Policy, ...]:
+    # Cached: an identity's limits change rarely, and a change is a new cache entry.
+    subject = f"{'key' if kind == 'api_key' else 'user'}:{identity_id}"
     try:
-        policies = _policies("rate", identity.rate_limit or default, subject)
-        if identity.quota:
-            policies = tuple(sorted(policies + _policies("quota", identity.quota, subject), key=_by_window))
+        policies = _policies("rate", rate_limit or default, subject)
+        if quota:
+            policies = tuple(sorted(policies + _policies("quota", quota, subject), key=_by_window))
     except ValueError:
         # A stored limit that no longer parses must not turn every request into a 500.
-        log.warning("unparsable limit on %s; using RATELIMIT_DEFAULT", identity.owner)
+        log.warning("unparsable limit on %s:%s; using RATELIMIT_DEFAULT", kind, identity_id)
         policies = _policies("rate", default, subject)
     return policies
 
@@ -216,17 +230,18 @@ class _Connections:
         self.pid = os.getpid()
 
     def call(self, *args: Any) -> Any:
+        return _unwrap(self.pipeline([args])[0])
+
+    def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and read their replies (each a value or a ResponseError)."""
         if self.pid != os.getpid():  # a forked child must not share its parent's sockets
             self.free, self.pid = [], os.getpid()
         for attempt in (1, 2):
             reused = bool(self.free)
             conn = self.free.pop() if reused else get_redis().connection_pool.get_connection()
             try:
-                conn.send_command(*args)
-                reply = conn.read_response()
-            except redis.ResponseError:
-                self.free.append(conn)  # an error reply leaves the connection usable
-                raise
+                conn.send_packed_command(conn.pack_commands(commands))
+                replies = [_read_reply(conn) for _ in commands]
             except BaseException as exc:
                 conn.disconnect()
                 get_redis().connection_pool.release(conn)
@@ -234,11 +249,89 @@ class _Connections:
                     continue  # the server may have closed an idle connection: one fresh try
                 raise
             if len(self.free) < MAX_IDLE_CONNECTIONS:
-                self.free.append(conn)
+                self.free.append(conn)  # an error reply leaves the connection usable
             else:  # after a burst, give the pool back what the limiter no longer needs
                 get_redis().connection_pool.release(conn)
-            return reply
+            return replies
         raise AssertionError("unreachable")
+
+
+def _read_reply(conn: Any) -> Any:
+    try:
+        return conn.read_response()
+    except redis.ResponseError as exc:
+        return exc
+
+
+def _unwrap(reply: Any) -> Any:
+    if isinstance(reply, BaseException):
+        raise reply
+    return reply
+
+
+class _Coalescer:
+    """Sends the limiter calls that greenlets of one gevent worker make in the same turn
+    of the event loop as ONE pipeline, on one connection.
+
+    The first caller of a turn leads: it yields once (``gevent.sleep(0)``) so the other
+    greenlets that are ready in this turn can add their calls, then writes them all at
+    once, reads the replies in order and wakes each caller with its own. Each call is
+    still its own EVALSHA, atomic in Redis, so every decision stays exact; only the
+    round trip and its system calls (in the worker and in Redis) are shared. Outside
+    gevent (threads, tests, the CLI) every call goes straight to Redis.
+    """
+
+    def __init__(self, connections: _Connections, cooperative: bool) -> None:
+        self.connections = connections
+        self.cooperative = cooperative
+        self.batch: list[tuple[tuple[Any, ...], Any]] | None = None
+
+    def call(self, *args: Any) -> Any:
+        if not self.cooperative:
+            return self.connections.call(*args)
+        from gevent import sleep
+        from gevent.hub import Waiter
+
+        if self.batch is not None:  # a leader is collecting this turn's calls: join it
+            waiter = Waiter()
+            self.batch.append((args, waiter))
+            return _unwrap(waiter.get())
+        batch = self.batch = [(args, None)]
+        try:
+            sleep(0)
+        except BaseException:
+            self.batch = None
+            self._send(batch[1:])  # the leader was interrupted: the others still get answers
+            raise
+        self.batch = None
+        return _unwrap(self._send(batch)[0])
+
+    def _send(self, batch: list[tuple[tuple[Any, ...], Any]]) -> list[Any]:
+        from gevent import get_hub
+
+        if not batch:
+            return []
+        try:
+            replies = self.connections.pipeline([args for args, _ in batch])
+        except Exception as exc:
+            replies = [exc] * len(batch)
+        except BaseException:  # the leader itself is being killed: the others see a failed call
+            self._wake(batch, [redis.ConnectionError("rate-limit call interrupted")] * len(batch), get_hub())
+            raise
+        self._wake(batch, replies, get_hub())
+        return replies
+
+    @staticmethod
+    def _wake(batch: list[tuple[tuple[Any, ...], Any]], replies: list[Any], hub: Any) -> None:
+        for (_, waiter), reply in zip(batch, replies, strict=True):
+            if waiter is not None:  # a Waiter is switched to from the hub, hence the callback
+                hub.loop.run_callback(waiter.switch, reply)
+
+
+def _gevent_patched() -> bool:
+    """True in a gunicorn gevent worker (sockets cooperative), where calls can be coalesced."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey and monkey.is_module_patched("socket"))
 
 
 class _State:
@@ -247,6 +340,7 @@ class _State:
     def __init__(self, app: Flask) -> None:
         self.fail_open: bool = app.config["RATELIMIT_FAIL_OPEN"]
         self.connections = _Connections()
+        self.calls = _Coalescer(self.connections, _gevent_patched())
         self.memory = MemoryStorage()
         self.memory_lock = threading.Lock()
         self.degraded = False
@@ -254,7 +348,7 @@ class _State:
 
     def _evalsha(self, keys: list[str], args: list[int]) -> Any:
         try:
-            return self.connections.call("EVALSHA", _DECIDE_SHA, len(keys), *keys, *args)
+            return self.calls.call("EVALSHA", _DECIDE_SHA, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:  # first call on this server, or after a restart
             self.connections.call("SCRIPT", "LOAD", _DECIDE_LUA)
             return self.connections.call("EVALSHA", _DECIDE_SHA, len(keys), *keys, *args)
@@ -326,11 +420,12 @@ def _too_many(decision: Decision) -> APIError:
 def _exempt() -> bool:
     # Preflights carry no credentials, health probes must never be throttled, and
     # requests that match no route are answered by routing (404/405).
+    req = request._get_current_object()  # type: ignore[attr-defined]
     return (
-        request.method == "OPTIONS"
-        or request.endpoint is None
-        or request.endpoint in HEALTH_ENDPOINTS
-        or request.routing_exception is not None
+        req.method == "OPTIONS"
+        or req.endpoint is None
+        or req.endpoint in HEALTH_ENDPOINTS
+        or req.routing_exception is not None
     )
 
 
@@ -358,8 +453,9 @@ def add_headers(response: Response) -> Response:
     decision: Decision | None = g.get("rate_limit_decision")
     # A 429 already carries them (it was built from the same decision).
     if decision is not None and decision.breached is None:
-        for name, value in decision.headers().items():
-            response.headers.add(name, value)
+        # Appended in one step: names are constants and values are numbers and policy
+        # names, so Werkzeug's per-header validation has nothing to find.
+        response.headers._list.extend(decision.header_items())
     return response
 
 

@@ -41,12 +41,14 @@ def create_redis(
     in use, rather than failing at once: under gevent a burst of greenlets (say a
     thousand open streams doing their periodic checks) would otherwise turn a
     momentary pool shortage into 503s, and every extra connection costs memory.
-    Each connection's parser preallocates ``socket_read_size`` bytes: redis-py's
-    64 KiB default cost ~10 MB of RSS per worker under 1,000 streams for buffers
-    the gateway's small replies never fill; 16 KiB reads large replies in a few
-    more chunks.
+    Each connection's parser preallocates ``socket_read_size`` bytes, and a
+    worker that had a burst of streams keeps up to ``max_connections`` of them:
+    redis-py's 64 KiB default costs ~71 KB of RSS per connection, 16 KiB ~23 KB,
+    4 KiB ~11 KB (measured with hiredis). The gateway's replies are small (a key
+    record, a counter, a script's answer); the rare large one (a long history) is
+    read in more 4 KiB chunks, which hiredis parses incrementally.
     """
-    extra.setdefault("socket_read_size", 16 * 1024)
+    extra.setdefault("socket_read_size", 4 * 1024)
     pool = redis.BlockingConnectionPool.from_url(
         url,
         timeout=socket_timeout,

@@ -22,6 +22,7 @@ import secrets
 from flask import Flask, Response, current_app, redirect, request
 from flask_cors import CORS
 from flask_talisman import Talisman
+from werkzeug.datastructures import Headers
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from gateway.errors import APIError
@@ -51,6 +52,11 @@ API_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
     ("Permissions-Policy", "browsing-topics=()"),
 )
+
+# The complete fixed set of an API answer, appended in one step (see finish_headers).
+API_FIXED_HEADERS = (*API_HEADERS, ("Strict-Transport-Security", HSTS), ("Cache-Control", "no-store"))
+_API_FIXED_NAMES = frozenset(name.lower() for name, _ in API_FIXED_HEADERS)
+Headers(API_FIXED_HEADERS)  # validated once here (Werkzeug checks names and values), not per answer
 
 # What browsers may send and read cross-origin (rate-limit state, request ids).
 CORS_ALLOW_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", "Idempotency-Key"]
@@ -82,6 +88,8 @@ def redirect_to_https() -> Response | None:
 
 def refuse_large_body() -> None:
     """before_request: answer 413 from Content-Length before any view reads the body."""
+    if not request.environ.get("CONTENT_LENGTH"):
+        return  # no declared body (most API calls): nothing to compare
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
         raise APIError(413, "Payload Too Large", f"The request body must be at most {limit} bytes.")
@@ -102,7 +110,16 @@ def _is_page(response: Response) -> bool:
 def finish_headers(response: Response) -> Response:
     """after_request: the security headers of every answer; HTML pages get Talisman's page policy."""
     headers = response.headers
-    if _is_page(response):
+    page = _is_page(response)
+    # Static console assets keep their own caching; every other answer is per caller.
+    static = (request.endpoint or "").endswith("static")
+    if not page and not static and not any(name.lower() in _API_FIXED_NAMES for name, _ in headers):
+        # The common case, an API answer that set none of them itself: append the whole
+        # precomputed set at once. Headers.extend would re-validate the same constants on
+        # every answer (they were validated once, at import).
+        headers._list.extend(API_FIXED_HEADERS)
+        return response
+    if page:
         csp_nonce()
         talisman: Talisman = current_app.extensions["talisman"]
         talisman._set_response_headers(response)  # CSP with the nonce, frame, referrer, nosniff
@@ -112,8 +129,7 @@ def finish_headers(response: Response) -> Response:
             if name.lower() not in present:
                 headers.add(name, value)
     headers["Strict-Transport-Security"] = HSTS
-    if not (request.endpoint or "").endswith("static"):
-        # API answers are per caller; static console assets keep their own caching.
+    if not static:
         headers["Cache-Control"] = "no-store"
     return response
 

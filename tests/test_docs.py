@@ -36,4 +36,6 @@ def test_the_two_commands() -> None:
     assert "make test" in ci
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^run: .*\n\t\$\(BIN\)/python -m devtools\.run$", makefile, re.M)
-    assert re.search(r"^test: .*\n\t\$\(BIN\)/python -m pytest$", makefile, re.M)
+    test_recipe = re.search(r"^test: .*\n((?:\t.*\n?)+)", makefile, re.M)
+    assert test_recipe is not None
+    assert "\t$(BIN)/python -m pytest" in test_recipe.group(1).splitlines()

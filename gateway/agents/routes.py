@@ -132,8 +132,11 @@ def stream() -> Response:
     except BaseException:
         slot.release()
         raise
-    response = Response(agent_stream.events(), mimetype="text/event-stream", headers=SSE_HEADERS)
-    response.call_on_close(agent_stream.close)  # runs even if the body is never iterated
+    # The body goes to the server as it is (bytes, no werkzeug wrapper around it); its close()
+    # ends the stream. call_on_close covers the answers without a body (HEAD).
+    body = streaming.StreamBody(agent_stream)
+    response = Response(body, mimetype="text/event-stream", headers=SSE_HEADERS, direct_passthrough=True)
+    response.call_on_close(agent_stream.close)
     return response
 
 

@@ -21,7 +21,7 @@ the ``yield``, or ``close()`` after a failed write under gevent): the backend is
 stopped (an inline iterator is closed at once; a background thread stops at its
 next delta, or at the upstream read timeout) and the partial reply is not
 stored. The per-identity stream slot and the open-streams gauge are released in
-``close()``, which Werkzeug calls however the response ends.
+``close()``, which the WSGI server calls however the response ends.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ CHECK_INTERVAL = 1.0  # stop checks: at most this often while frames flow, at le
 FLUSH_INTERVAL = 2.0  # frames reach Redis (for resuming) in batches at least this often
 FOLLOW_POLL = 0.2  # how often a resumed stream looks for new frames of a live one
 STALE_AFTER = 10.0  # a live stream whose log was not refreshed this long has lost its producer
+REPLY_COMPACT_EVERY = 16  # join the kept reply deltas into one string this often
 
 StopCheck = Callable[[], "str | None"]
 REDIS_ERRORS = (*REDIS_UNAVAILABLE, redis.RedisError)
@@ -250,18 +251,24 @@ class LiveSource:
     def start(self) -> None:
         self.started = True
         self.log.flush(state=RUNNING)  # makes the stream resumable from its first frame
-        if not any(m["role"] == "user" for m in self.messages):
+        # The backend takes the conversation from here; the stream does not keep its own
+        # reference to it (a long history would otherwise stay in memory for the whole stream).
+        messages, self.messages = self.messages, []
+        if not any(m["role"] == "user" for m in messages):
             self.refusal = ("error", "no_user_message")
         elif self.inline:
-            self.deltas = iter(self.backend.stream_reply(self.messages))
+            self.deltas = iter(self.backend.stream_reply(messages))
         else:
             self.items, self.stopped = queue.Queue(), threading.Event()
-            threading.Thread(target=self._produce, name=f"agent-{self.log.stream_id}", daemon=True).start()
+            producer = threading.Thread(
+                target=self._produce, args=(messages,), name=f"agent-{self.log.stream_id}", daemon=True
+            )
+            producer.start()
 
-    def _produce(self) -> None:
+    def _produce(self, messages: list[Message]) -> None:
         assert self.items is not None and self.stopped is not None
         with self.app.app_context():
-            deltas = self.backend.stream_reply(self.messages)
+            deltas = self.backend.stream_reply(messages)
             try:
                 for delta in deltas:
                     if self.stopped.is_set():
@@ -296,6 +303,13 @@ class LiveSource:
         except queue.Empty:
             return None
 
+    def _keep(self, delta: str) -> None:
+        """Collect the reply to store at the end, compacting as it grows: a list of word-sized
+        strings costs ~60 bytes per word, one string ~1 byte per character."""
+        self.parts.append(delta)
+        if len(self.parts) >= REPLY_COMPACT_EVERY:
+            self.parts[:] = ["".join(self.parts)]
+
     def next(self, timeout: float) -> Chunk | None:
         if not self.started:
             self.start()
@@ -307,7 +321,7 @@ class LiveSource:
         if kind == "delta":
             if not value:
                 return None
-            self.parts.append(value)
+            self._keep(value)
             data = {"type": "delta", "content": value, "session_id": session_id}
             return Chunk(self.log.add("message", data))
         if kind == "end":
@@ -410,53 +424,61 @@ class AgentStream:
     ) -> None:
         self.app, self.source, self.checks = app, source, checks
         self.settings, self.slot = settings, slot
-        self.closed = self.failed = False
+        self.closed = self.ended = False
+        self.next_beat = self.next_check = 0.0
         recorder.stream_opened()
 
-    def events(self) -> Iterator[str]:
-        """The response body: frames, heartbeats and, when a check says so, a final error."""
+    def events(self) -> Iterator[bytes]:
+        """The response body: frames, heartbeats and, when a check says so, a final error.
+
+        One generator calling plain methods, not a chain of generators: a sleeping
+        stream's greenlet keeps a copy of its C stack, and every generator level in
+        the chain adds to it (and to the frames kept alive) on each of a thousand streams.
+        """
         try:
-            yield OPENING
-            pump = self._pump()
-            while not self.failed and (text := self._step(pump)) is not None:
-                yield text
+            yield OPENING.encode()
+            now = time.monotonic()
+            self.next_beat, self.next_check = now + self.settings.heartbeat_seconds, now + CHECK_INTERVAL
+            while not self.ended:
+                text = self._guarded_step()
+                if text:
+                    yield text.encode()
         finally:
             self.close()
 
-    def _step(self, pump: Iterator[str]) -> str | None:
+    def _guarded_step(self) -> str:
         try:
-            return next(pump)
-        except StopIteration:
-            return None
+            return self._step()
         except REDIS_ERRORS as exc:
             log.warning("stream ended: redis unavailable (%s)", type(exc).__name__)
         except Exception:
             log.exception("stream failed")
-        self.failed = True
+        self.ended = True
         return self._failure_frame()
 
-    def _pump(self) -> Iterator[str]:
+    def _step(self) -> str:
+        """One turn: the source's next text, then (when due) the stop checks and a heartbeat.
+
+        Returns what to write ('' for nothing) and sets ``ended`` after the last frame.
+        """
         clock = time.monotonic
-        heartbeat = self.settings.heartbeat_seconds
-        next_beat, next_check = clock() + heartbeat, clock() + CHECK_INTERVAL
-        while True:
-            chunk = self.source.next(max(0.0, min(next_beat, next_check) - clock()))
-            if chunk is not None:
-                if chunk.text:
-                    yield chunk.text
-                    next_beat = clock() + heartbeat
-                if chunk.final:
-                    return
-            if clock() >= next_check:
-                next_check = clock() + CHECK_INTERVAL
-                reason = self._stop_reason()
-                if reason:
-                    yield self.source.stop_frame(reason)
-                    return
-                self.source.tick()
-            if clock() >= next_beat:
-                yield HEARTBEAT
-                next_beat = clock() + heartbeat
+        chunk = self.source.next(max(0.0, min(self.next_beat, self.next_check) - clock()))
+        text = chunk.text if chunk is not None else ""
+        if chunk is not None and chunk.final:
+            self.ended = True
+            return text
+        if clock() >= self.next_check:
+            self.next_check = clock() + CHECK_INTERVAL
+            reason = self._stop_reason()
+            if reason:
+                self.ended = True
+                return text + self.source.stop_frame(reason)
+            self.source.tick()
+        if not text and clock() >= self.next_beat:
+            text = HEARTBEAT
+        if text:
+            self.next_beat = clock() + self.settings.heartbeat_seconds
+        return text
 
     def _stop_reason(self) -> str | None:
         # Checks get an app context (a quota check may need the app's config or
@@ -502,6 +524,28 @@ class AgentStream:
             except REDIS_ERRORS as exc:
                 log.warning("stream clean-up incomplete: redis unavailable (%s)", type(exc).__name__)
         recorder.stream_closed()
+
+
+class StreamBody:
+    """The WSGI body of a stream, given to the server as it is (``direct_passthrough``).
+
+    Iterating it is iterating :meth:`AgentStream.events` itself, so the server
+    resumes that generator directly; werkzeug's default body (a ClosingIterator
+    over an encoding generator) would add two more levels to every open stream.
+    ``close()`` is what the WSGI server calls however the response ends, even when
+    the body was never iterated.
+    """
+
+    def __init__(self, stream: AgentStream) -> None:
+        self.stream = stream
+        self.body = stream.events()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.body
+
+    def close(self) -> None:
+        self.body.close()  # GeneratorExit at its yield: its finally closes the stream
+        self.stream.close()  # idempotent; the one that counts when the body never started
 
 
 def _close(deltas: Iterator[str]) -> None:

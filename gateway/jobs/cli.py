@@ -7,10 +7,8 @@ import signal
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from rq import Worker
 
-from gateway.jobs import tasks
-from gateway.jobs.queue import SERIALIZER, get_queue, rq_connection
+from gateway.jobs.queue import get_queue, rq_connection, serializer
 
 jobs_cli = AppGroup("jobs", help="Background jobs (RQ) over the gateway's Redis.")
 
@@ -19,11 +17,16 @@ jobs_cli = AppGroup("jobs", help="Background jobs (RQ) over the gateway's Redis.
 @click.option("--burst", is_flag=True, help="Run the jobs waiting now, then exit.")
 def worker(burst: bool) -> None:
     """Run jobs from the gateway queue until SIGTERM/SIGINT (a warm shutdown finishes the current job)."""
+    # Imported here: the group is registered on every app, but only this command needs rq.
+    from rq import Worker
+
+    from gateway.jobs import tasks
+
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     tasks.set_worker_app(app)  # forked work horses inherit it: jobs run with this configuration
     connection = rq_connection(app.config)
     queue = get_queue(connection)
-    rq_worker = Worker([queue], connection=connection, serializer=SERIALIZER)
+    rq_worker = Worker([queue], connection=connection, serializer=serializer())
     # RQ takes SIGINT/SIGTERM for its warm shutdown; give them back when it returns
     # (matters when the command runs inside another program, e.g. a test runner).
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

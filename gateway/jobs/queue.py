@@ -4,22 +4,34 @@ RQ keeps its own key layout (``rq:queue:<name>``, ``rq:job:<id>``, registries);
 the gateway only adds its job index under ``gw:jobs:``. Jobs are serialized as
 JSON rather than RQ's default pickle, so nothing stored in Redis can make a
 worker run arbitrary code when it is loaded.
+
+rq is imported by the functions that need it, not at module level: a web worker
+then loads it (about 2 MB of RSS) on its first /jobs request, not at start-up
+for every worker whether or not it ever touches a job.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from flask import Flask, current_app
-from rq import Queue
-from rq.serializers import JSONSerializer
 
 from gateway.redis import redis_from_config
 
+if TYPE_CHECKING:
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
 QUEUE_NAME = "gateway"
-SERIALIZER = JSONSerializer
 EXTENSION_KEY = "gateway.jobs.redis"
+
+
+def serializer() -> type[JSONSerializer]:
+    """How jobs are stored: JSON, never pickle."""
+    from rq.serializers import JSONSerializer
+
+    return JSONSerializer
 
 
 def rq_connection(config: Any) -> redis.Redis:
@@ -37,9 +49,13 @@ def app_connection(app: Flask | None = None) -> redis.Redis:
 
 
 def get_queue(connection: redis.Redis) -> Queue:
-    return Queue(QUEUE_NAME, connection=connection, serializer=SERIALIZER)
+    from rq import Queue
+
+    return Queue(QUEUE_NAME, connection=connection, serializer=serializer())
 
 
 def queue_depths(r: redis.Redis) -> dict[str, int]:
     """Jobs waiting per queue (for Prometheus); works with any client, one LLEN."""
+    from rq import Queue
+
     return {QUEUE_NAME: int(r.llen(Queue.redis_queue_namespace_prefix + QUEUE_NAME))}

@@ -10,16 +10,37 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from rq import Retry
 
 from gateway.redis import REDIS_UNAVAILABLE
 
+if TYPE_CHECKING:
+    from rq import Retry
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of a job: attempts and the delay (seconds) before each.
+
+    A plain value turned into an ``rq.Retry`` only when a job is enqueued, so the
+    registry (read by the /jobs views' schemas) does not load rq into every web
+    worker at start-up.
+    """
+
+    max: int
+    intervals: tuple[int, ...]
+
+    def to_rq(self) -> Retry:
+        from rq import Retry
+
+        return Retry(max=self.max, interval=list(self.intervals))
+
+
 # Backoff for transient failures: a few attempts spread over about two minutes.
-TRANSIENT_RETRY = Retry(max=3, interval=[10, 30, 90])
+TRANSIENT_RETRY = RetryPolicy(max=3, intervals=(10, 30, 90))
 
 
 class JobInputError(ValueError):
@@ -79,7 +100,7 @@ class JobSpec:
     args: type[BaseModel]
     run: Callable[[Flask, Any], Any]
     transient: Callable[[BaseException], bool]
-    retry: Retry | None = TRANSIENT_RETRY
+    retry: RetryPolicy | Retry | None = TRANSIENT_RETRY  # an rq.Retry is used as it is
     timeout_seconds: int = 300
 
 

@@ -1,4 +1,8 @@
-"""HTTP views for jobs (CONTRACT section 7): thin wrappers over gateway.jobs.service."""
+"""HTTP views for jobs (CONTRACT section 7): thin wrappers over gateway.jobs.service.
+
+Each view imports ``service`` (and with it rq) when it runs: web workers that never
+serve /jobs do not carry rq's modules (about 2 MB of RSS each).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from auth import current_identity, require_scope
 from auth.scopes import ADMIN, JOBS_READ, JOBS_WRITE
 from gateway.api import Schema, endpoint, parse_json, parse_query
 from gateway.errors import APIError
-from gateway.jobs import service
 from gateway.jobs.queue import app_connection
 from gateway.jobs.registry import REGISTRY, JobInputError
 
@@ -70,6 +73,8 @@ def _viewer() -> str | None:
 
 
 def _fetch(job_id: str) -> Any:
+    from gateway.jobs import service
+
     try:
         return service.fetch(app_connection(), job_id, owner=_viewer())
     except service.JobNotFound:
@@ -81,6 +86,8 @@ def _fetch(job_id: str) -> Any:
 @endpoint("Enqueue a registered job", tags=TAGS, body=JobIn, responses={202: JobQueued})
 def create_job() -> tuple[Response, int]:
     """Validate and enqueue a job from the registry (unknown names are refused)."""
+    from gateway.jobs import service
+
     body = parse_json(JobIn)
     identity = current_identity()
     assert identity is not None
@@ -96,6 +103,8 @@ def create_job() -> tuple[Response, int]:
 @endpoint("List jobs, newest first", tags=TAGS, query=JobsQuery, responses={200: JobList})
 def list_jobs() -> Response:
     """The caller's jobs (every job for admin), newest first."""
+    from gateway.jobs import service
+
     query = parse_query(JobsQuery)
     jobs, total = service.list_jobs(app_connection(), owner=_viewer(), limit=query.limit)
     return jsonify({"jobs": jobs, "total": total})
@@ -106,6 +115,8 @@ def list_jobs() -> Response:
 @endpoint("Job detail", tags=TAGS, responses={200: JobDetail, 404: "Job not found"})
 def get_job(job_id: str) -> Response:
     """Status, timestamps and the result or error of one job."""
+    from gateway.jobs import service
+
     return jsonify(service.detail(_fetch(job_id)))
 
 
@@ -123,6 +134,8 @@ def get_job(job_id: str) -> Response:
 )
 def cancel_job(job_id: str) -> tuple[Response, int]:
     """Cancel a waiting job (200), or stop a running one (202); 409 once it has ended."""
+    from gateway.jobs import service
+
     try:
         job = service.cancel(app_connection(), job_id, owner=_viewer())
     except service.JobAlreadyDone as exc:

@@ -19,8 +19,8 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from gateway.jobs.queue import SERIALIZER, get_queue
-from gateway.jobs.registry import get_spec, validate_args
+from gateway.jobs.queue import get_queue, serializer
+from gateway.jobs.registry import RetryPolicy, get_spec, validate_args
 from gateway.jobs.tasks import ENTRY_POINT, ERROR_META
 from gateway.redis import KEYS
 
@@ -78,7 +78,7 @@ def enqueue(conn: redis.Redis, *, name: str, args: Mapping[str, Any] | None, own
         job_id=job_id,
         description=spec.name,  # RQ logs the description: never the arguments
         meta={"name": spec.name, "owner": owner},
-        retry=spec.retry,
+        retry=spec.retry.to_rq() if isinstance(spec.retry, RetryPolicy) else spec.retry,
         job_timeout=spec.timeout_seconds,
         result_ttl=RESULT_TTL_SECONDS,
         failure_ttl=RESULT_TTL_SECONDS,
@@ -136,7 +136,7 @@ def fetch(conn: redis.Redis, job_id: str, *, owner: str | None) -> Job:
     if not JOB_ID.fullmatch(job_id):
         raise JobNotFound  # ids are ours (uuid4 hex): anything else never reaches RQ
     try:
-        job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
+        job = Job.fetch(job_id, connection=conn, serializer=serializer())
     except NoSuchJobError:
         raise JobNotFound from None
     if owner is not None and job.meta.get("owner") != owner:
@@ -148,7 +148,7 @@ def list_jobs(conn: redis.Redis, *, owner: str | None, limit: int) -> tuple[list
     """Newest first: up to ``limit`` job summaries and how many the index holds."""
     index = index_key(owner)
     ids = [i.decode() if isinstance(i, bytes) else i for i in conn.zrevrange(index, 0, limit - 1)]
-    jobs = Job.fetch_many(ids, connection=conn, serializer=SERIALIZER)
+    jobs = Job.fetch_many(ids, connection=conn, serializer=serializer())
     gone = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
     if gone:
         conn.zrem(index, *gone)
@@ -163,7 +163,7 @@ def cancel(conn: redis.Redis, job_id: str, *, owner: str | None) -> Job:
         raise JobAlreadyDone(status)
     try:
         if status == "started":
-            send_stop_job_command(conn, job.id, serializer=SERIALIZER)
+            send_stop_job_command(conn, job.id, serializer=serializer())
         else:
             job.cancel()
     except InvalidJobOperation:

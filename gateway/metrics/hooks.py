@@ -29,13 +29,14 @@ class _StartTime:
 
 def _record(response: Response) -> Response:
     """after_request: count every answer except health probes (probe traffic is not load)."""
-    if request.endpoint in HEALTH_ENDPOINTS:
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    if req.endpoint in HEALTH_ENDPOINTS:
         return response
-    started = request.environ.get(START_ENVIRON_KEY)
+    started = req.environ.get(START_ENVIRON_KEY)
     seconds = time.perf_counter() - started if started is not None else 0.0
     # The route template (url_rule), never the raw path: label values stay bounded.
-    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
-    recorder.record_request(route, request.method, response.status_code, seconds)
+    route = req.url_rule.rule if req.url_rule is not None else UNMATCHED_ROUTE
+    recorder.record_request(route, req.method, response.status_code, seconds)
     return response
 
 

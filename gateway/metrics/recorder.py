@@ -20,6 +20,7 @@ is false.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import socket
@@ -178,9 +179,16 @@ def record_request(route: str, method: str, status: int, seconds: float) -> None
     recorder = current()
     if recorder is None:
         return
+    counters, sum_field = _request_fields(route, method, status, store.bucket_index(seconds))
+    recorder.add(counters, {sum_field: max(0.0, seconds)})
+
+
+@functools.lru_cache(maxsize=4096)
+def _request_fields(route: str, method: str, status: int, bucket: int) -> tuple[dict[str, int], str]:
+    """The counter deltas and the latency-sum field of one answer (cached: the same few recur;
+    the labels are bounded, so the cache is too). Callers must not change the returned dict."""
     method = _bounded(method.upper(), METHODS)
     status = status if 100 <= status <= 599 else 0
-    bucket = store.bucket_index(seconds)
     counters = {
         store.request_field(route, method, status): 1,
         store.latency_field(route, method, bucket): 1,
@@ -188,7 +196,7 @@ def record_request(route: str, method: str, status: int, seconds: float) -> None
     }
     if status >= 500:
         counters[store.TOTAL_ERRORS] = 1
-    recorder.add(counters, {store.latency_sum_field(route, method): max(0.0, seconds)})
+    return counters, store.latency_sum_field(route, method)
 
 
 def record_rate_limited(kind: str) -> None:

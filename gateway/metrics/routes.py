@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4  # what every Prometheus version scrapes
 from pydantic import BaseModel
 
 from auth import require_scope
@@ -17,6 +16,9 @@ from gateway.metrics import recorder, service, store
 
 bp = Blueprint("metrics", __name__)
 TAGS = ("metrics",)
+# gateway.metrics.prometheus.CONTENT_TYPE, repeated so the view's declaration does not import
+# prometheus_client into every worker (the exposition module loads it on the first scrape).
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class MetricsSummary(BaseModel):
@@ -59,12 +61,13 @@ def metrics() -> Response:
     "Prometheus metrics of all workers",
     tags=TAGS,
     responses={200: "Prometheus text exposition format"},
-    content_type=CONTENT_TYPE_PLAIN_0_0_4,
+    content_type=PROMETHEUS_CONTENT_TYPE,
 )
 def prometheus() -> Response:
     """Prometheus text exposition of every worker's metrics together."""
     from gateway.jobs.queue import queue_depths
+    from gateway.metrics.prometheus import prometheus_text
 
     snapshot = _snapshot()
-    body = service.prometheus_text(snapshot, queue_depths(get_redis()))
-    return Response(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)
+    body = prometheus_text(snapshot, queue_depths(get_redis()))
+    return Response(body, content_type=PROMETHEUS_CONTENT_TYPE)

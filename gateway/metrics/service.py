@@ -1,27 +1,17 @@
-"""Metrics read side: the /metrics JSON summary and the Prometheus exposition, from Redis.
+"""Metrics read side: the /metrics JSON summary, from Redis.
 
-Both views render what every worker and instance flushed to Redis (see
+It renders what every worker and instance flushed to Redis (see
 ``gateway.metrics.recorder``), so any worker answers with the deployment's totals.
+The Prometheus exposition of the same figures is ``gateway.metrics.prometheus``.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-
 from gateway.metrics import store
-from gateway.metrics.recorder import BREAKER_STATES
 from gateway.version import __version__
 
 
@@ -49,95 +39,3 @@ def summary(snapshot: store.Snapshot, session_stats: dict[str, Any]) -> dict[str
         "total_errors": int(snapshot.value(store.TOTAL_ERRORS)),
         "timestamp": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
     }
-
-
-class SnapshotCollector:
-    """A prometheus_client collector over one Redis snapshot (read once per scrape)."""
-
-    def __init__(self, snapshot: store.Snapshot, queue_depths: dict[str, int]) -> None:
-        self.snapshot = snapshot
-        self.queue_depths = queue_depths
-
-    def collect(self) -> Iterator[Metric]:
-        yield self._requests()
-        yield self._latency()
-        yield self._counter(
-            "gateway_rate_limited", "Requests refused with 429, by kind", "kind", "ratelimited"
-        )
-        yield self._counter(
-            "gateway_upstream_failures", "Failed calls to agent backends", "backend", "upstream_fail"
-        )
-        yield from self._gauges()
-
-    def _requests(self) -> Metric:
-        family = CounterMetricFamily(
-            "gateway_http_requests",
-            "Answered requests by route template, method and status (health probes excluded)",
-            labels=["route", "method", "status"],
-        )
-        for labels, value in sorted(self.snapshot.family("req").items()):
-            family.add_metric(list(labels), value)
-        return family
-
-    def _latency(self) -> Metric:
-        family = HistogramMetricFamily(
-            "gateway_http_request_duration_seconds",
-            "Time to the response headers by route template and method",
-            labels=["route", "method"],
-        )
-        counts: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0] * (len(store.BUCKETS) + 1))
-        for (route, method, bucket), value in self.snapshot.family("lat").items():
-            counts[(route, method)][int(bucket)] += value
-        sums = self.snapshot.family("latsum")
-        for (route, method), per_bucket in sorted(counts.items()):
-            cumulative, buckets = 0.0, []
-            for bound, value in zip((*map(str, store.BUCKETS), "+Inf"), per_bucket, strict=True):
-                cumulative += value
-                buckets.append((bound, cumulative))
-            family.add_metric([route, method], buckets, sums.get((route, method), 0.0))
-        return family
-
-    def _counter(self, name: str, doc: str, label: str, field: str) -> Metric:
-        family = CounterMetricFamily(name, doc, labels=[label])
-        for (value_label,), value in sorted(self.snapshot.family(field).items()):
-            family.add_metric([value_label], value)
-        return family
-
-    def _gauges(self) -> Iterator[Metric]:
-        processes = self.snapshot.processes
-        yield GaugeMetricFamily("gateway_processes", "Gateway processes reporting metrics", len(processes))
-        yield GaugeMetricFamily(
-            "gateway_uptime_seconds",
-            "Seconds since the oldest live process started",
-            uptime_seconds(self.snapshot, time.time()),
-        )
-        yield GaugeMetricFamily(
-            "gateway_open_streams", "Open SSE streams", sum(p.get("open_streams", 0) for p in processes)
-        )
-        depth = GaugeMetricFamily("gateway_job_queue_depth", "Jobs waiting in the queue", labels=["queue"])
-        for queue, count in sorted(self.queue_depths.items()):
-            depth.add_metric([queue], count)
-        yield depth
-        yield self._breakers()
-
-    def _breakers(self) -> Metric:
-        family = GaugeMetricFamily(
-            "gateway_upstream_breaker_state",
-            "Processes whose circuit breaker for the backend is in each state",
-            labels=["backend", "state"],
-        )
-        tally: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(sorted(BREAKER_STATES), 0))
-        for process in self.snapshot.processes:
-            for backend, state in process.get("breakers", {}).items():
-                tally[backend][state] = tally[backend].get(state, 0) + 1
-        for backend, states in sorted(tally.items()):
-            for state, count in states.items():
-                family.add_metric([backend, state], count)
-        return family
-
-
-def prometheus_text(snapshot: store.Snapshot, queue_depths: dict[str, int]) -> bytes:
-    """The text exposition format of everything in ``snapshot``."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, queue_depths))
-    return generate_latest(registry)

@@ -320,3 +320,20 @@ def test_closing_the_response_releases_everything(
         next(iter_events(response.response))
     response.close()
     assert r.zcard(KEYS.agent_stream_slots(f"api_key:{key_id(headers)}")) == 0
+
+
+def test_head_request_frees_its_slot(
+    make_app: Callable[..., Flask], auth_headers: Headers, new_session: Any, r: redis.Redis, key_id: Any
+) -> None:
+    """A body that is never sent (HEAD) still ends the stream: its slot and gauge are released."""
+    client = make_app(AGENT_BUILTIN_DELAY_MS="0").test_client()
+    headers = auth_headers("agents:write")
+    session_id = new_session(client, headers, "hello")
+    response = client.head(f"/agents/stream?session_id={session_id}", headers=headers)
+    assert response.status_code == 200
+    assert response.data == b""
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    slots = KEYS.agent_stream_slots(f"api_key:{key_id(headers)}")
+    assert r.zcard(slots) == 1  # held until the server closes the response, as WSGI servers do
+    response.close()
+    assert r.zcard(slots) == 0
