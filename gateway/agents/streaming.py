@@ -11,7 +11,7 @@ source to the client and, between frames:
   ``STREAM_HEARTBEAT_SECONDS`` (proxies and clients keep the connection open);
 * at most once per ``CHECK_INTERVAL`` (and at least that often when idle) runs
   the *stop checks*, a plain list of callables returning a stop reason or None
-  (lifetime, key revocation, quota; append more in
+  (lifetime, key revocation, quota, the admin's session; append more in
   :func:`default_stop_checks`); a reason ends the stream with a final
   ``event: error``;
 * every ``FLUSH_INTERVAL`` writes the new frames to Redis for resuming.
@@ -39,6 +39,7 @@ from flask import Flask, has_app_context
 
 from auth.identity import Identity
 from auth.keys import get_key, key_status
+from auth.sessions import session_key
 from gateway.agents.backends import AgentBackend, AgentBackendError, Message
 from gateway.agents.sse import (
     ABORTED,
@@ -74,6 +75,7 @@ STOP_MESSAGES: dict[str, str] = {
     "key_revoked": "The API key was revoked; the stream was closed.",
     "key_expired": "The API key expired; the stream was closed.",
     "quota_exhausted": "The rate limit or quota of this key ran out; the stream was closed.",
+    "session_ended": "The admin session ended (logout or expiry); the stream was closed.",
     "no_user_message": "The session has no user message to answer: POST /agents/message first.",
     "stream_interrupted": "The stream was interrupted before it finished; open a new stream.",
     "upstream_error": "The agent backend failed.",
@@ -152,9 +154,21 @@ def quota_check(identity: Identity) -> StopCheck | None:
     return check
 
 
+def session_check(r: redis.Redis, sid: str) -> StopCheck:
+    """Stops an admin user's stream once the server-side session is gone (logout, expiry)."""
+
+    def check() -> str | None:
+        return None if r.exists(session_key(sid)) else "session_ended"
+
+    return check
+
+
 def default_stop_checks(*, r: redis.Redis, identity: Identity, settings: StreamSettings) -> list[StopCheck]:
-    """The checks every open stream runs: lifetime, and for API keys revocation and quota."""
+    """The checks every open stream runs: lifetime; revocation and quota for API keys,
+    the server-side session for admin users."""
     checks = [lifetime_check(settings.max_seconds)]
+    if identity.type == "user" and identity.session_id:
+        checks.append(session_check(r, identity.session_id))
     if identity.type == "api_key":
         checks.append(key_revocation_check(r, identity.id))
         quota = quota_check(identity)

@@ -12,7 +12,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from auth import keys
+from auth import keys, users
 from gateway.agents.backends.builtin import compose_reply
 from gateway.redis import KEYS
 from tests.agents.sse_client import Event, SSEParser, iter_events, parse
@@ -168,6 +168,27 @@ def test_spent_quota_ends_an_open_stream(
     assert events[-1].event == "error"
     assert events[-1].json["error"] == "quota_exhausted"
     assert all(e.json["type"] == "delta" for e in events[:-1])
+
+
+def test_admin_logout_ends_the_admins_open_stream(make_app: Callable[..., Flask], r: redis.Redis) -> None:
+    client = make_app(AGENT_BUILTIN_DELAY_MS="50").test_client()
+    origin = {"Origin": "http://localhost"}  # cookie-authenticated writes name their origin
+    users.create_user(r, email="admin@example.com", password="correct horse battery staple 9")
+    login = {"email": "admin@example.com", "password": "correct horse battery staple 9"}
+    assert client.post("/auth/login", json=login, headers=origin).status_code == 200
+    session_id = client.post("/agents/session", headers=origin).get_json()["session_id"]
+    body = {"session_id": session_id, "role": "user", "content": LONG}
+    assert client.post("/agents/message", json=body, headers=origin).status_code == 200
+    response = client.get(f"/agents/stream?session_id={session_id}")
+    assert response.status_code == 200
+    events: list[Event] = []
+    for event in iter_events(response.response):
+        events.append(event)
+        if len(events) == 3:
+            assert client.post("/auth/logout", headers=origin).status_code == 200
+    response.close()
+    assert events[-1].event == "error"
+    assert events[-1].json["error"] == "session_ended"
 
 
 def test_stream_granted_the_last_unit_of_quota_finishes(
