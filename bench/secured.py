@@ -38,6 +38,8 @@ from pathlib import Path
 
 from flask import Flask
 
+from devtools.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.60
 
@@ -91,9 +93,7 @@ class Server:
         raise RuntimeError(f"{self.app} did not start; see {self.log}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
+        stop_process(self.process, timeout=20)
 
 
 def _cpu_seconds(pids: list[int]) -> float:

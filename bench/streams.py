@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_P99_MS = 100.0
 TARGET_RSS_MB = 80.0
@@ -308,8 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wait_ready(port, server)
             figures = measure(args, port, server.pid, token, session_ids)
         finally:
-            server.terminate()
-            server.wait(30)
+            stop_process(server, timeout=30)
             log.close()
         lines = (Path(tmp) / "gunicorn.log").read_text(errors="replace").splitlines()
         figures["log_tail"] = [line for line in lines if "ERROR" in line or "WARNING" in line][-5:]

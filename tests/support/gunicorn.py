@@ -11,6 +11,7 @@ from pathlib import Path
 
 import requests
 
+from devtools.processes import stop_process
 from devtools.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,13 +63,7 @@ class GunicornServer:
         return {int(p) for p in out.stdout.split()}
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self.process = None
 
     def __enter__(self) -> GunicornServer:
