@@ -5,17 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, redirect, request, session
-from flask_login import login_user, logout_user
+from flask import Blueprint, Response, jsonify, redirect, request
 from pydantic import BaseModel, Field
 
-from auth import audit, authenticated, current_identity, public, users
-from auth.audit import Actor
-from auth.identity import Identity
-from auth.loaders import identity_from_user
+from auth import authenticated, current_identity, public, users
+from auth.login import log_in, log_out
 from gateway.api import NO_JSON, Schema, endpoint, validate
 from gateway.errors import APIError
-from gateway.extensions import get_redis
 from gateway.ratelimit import login_limit
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -56,10 +52,6 @@ def _login_body() -> LoginBody:
     return validate(LoginBody, request.form.to_dict())
 
 
-def _actor(identity: Identity) -> Actor:
-    return Actor(owner=identity.owner, name=identity.name, ip=request.remote_addr)
-
-
 def _safe_next(target: str | None) -> str | None:
     # Only a path on this gateway: an absolute or scheme-relative URL would be an open redirect.
     if target and target.startswith("/") and not target.startswith(("//", "/\\")):
@@ -83,14 +75,10 @@ def _safe_next(target: str | None) -> str | None:
 def login() -> Any:
     """Check email and password, start a new server-side session."""
     body = _login_body()
-    record = users.authenticate(get_redis(), email=body.email, password=body.password)
-    if record is None:
+    identity = log_in(email=body.email, password=body.password)
+    if identity is None:
         log.warning("admin login failed from %s", request.remote_addr)
         raise APIError(401, "Unauthorized", "Invalid email or password.")
-    session.regenerate()  # type: ignore[attr-defined]  # a new id at login: no session fixation
-    identity = identity_from_user(record)
-    login_user(identity)
-    audit.record(get_redis(), _actor(identity), "auth.login", target=identity.owner)
     target = None if request.is_json else _safe_next(body.next)
     if target:
         return redirect(target, code=303)
@@ -103,11 +91,7 @@ def login() -> Any:
           responses={200: LogoutView})  # fmt: skip
 def logout() -> Response:
     """Delete the session in Redis, so a copy of the cookie stops working."""
-    identity = current_identity()
-    if identity is not None and identity.type == "user":
-        logout_user()
-        session.destroy()  # type: ignore[attr-defined]
-        audit.record(get_redis(), _actor(identity), "auth.logout", target=identity.owner)
+    log_out()
     return jsonify({"status": "logged_out"})
 
 

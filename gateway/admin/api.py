@@ -11,10 +11,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, Field, field_validator
 
-from auth import audit, current_identity, keys, management, require_scope
-from auth.audit import Actor
+from auth import audit, keys, management, require_scope
 from auth.keys import KeyStateError
 from auth.loaders import key_cache, pepper
+from auth.login import request_actor
 from auth.scopes import ADMIN, validate_scopes
 from gateway.api import Schema, endpoint, parse_json, parse_query
 from gateway.errors import APIError
@@ -112,13 +112,6 @@ class AuditList(BaseModel):
     total: int
 
 
-def _actor() -> Actor:
-    identity = current_identity()
-    if identity is None:  # the access guard answers first
-        raise APIError(401, "Unauthorized")
-    return Actor(owner=identity.owner, name=identity.name, ip=request.remote_addr)
-
-
 def _found(record: dict[str, Any] | None) -> dict[str, Any]:
     if record is None:
         raise APIError(404, "Not Found", KEY_NOT_FOUND)
@@ -149,7 +142,9 @@ def list_keys() -> Response:
 def create_key() -> tuple[Response, int]:
     """Create a key and return it with its secret (never shown again)."""
     body = parse_json(KeyCreate)
-    record, secret = management.create_key(get_redis(), pepper=pepper(), actor=_actor(), **body.model_dump())
+    record, secret = management.create_key(
+        get_redis(), pepper=pepper(), actor=request_actor(), **body.model_dump()
+    )
     return jsonify(keys.secret_view(record, secret)), 201
 
 
@@ -167,7 +162,7 @@ def show_key(key_id: str) -> Response:
           responses={200: KeyView})  # fmt: skip
 def revoke_key(key_id: str) -> Response:
     """Revoke a key; revoking twice is harmless."""
-    record = _found(management.revoke_key(get_redis(), actor=_actor(), key_id=key_id))
+    record = _found(management.revoke_key(get_redis(), actor=request_actor(), key_id=key_id))
     key_cache().discard(key_id)  # this worker at once; the others within the cache TTL
     return jsonify(keys.public_view(record))
 
@@ -181,7 +176,11 @@ def rotate_key(key_id: str) -> Response:
     body = _rotate_body()
     try:
         rotated = management.rotate_key(
-            get_redis(), pepper=pepper(), actor=_actor(), key_id=key_id, grace_seconds=body.grace_seconds
+            get_redis(),
+            pepper=pepper(),
+            actor=request_actor(),
+            key_id=key_id,
+            grace_seconds=body.grace_seconds,
         )
     except KeyStateError as exc:
         raise APIError(409, "Conflict", str(exc)) from None

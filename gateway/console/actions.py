@@ -6,12 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import request, session
-from flask_login import login_user, logout_user
-
-from auth import audit, current_identity, keys, management, users
-from auth.audit import Actor
-from auth.loaders import identity_from_user, key_cache, pepper
+from auth import audit, keys, login, management
+from auth.loaders import key_cache, pepper
 from auth.scopes import validate_scopes
 from gateway.extensions import get_redis
 
@@ -29,31 +25,14 @@ class NewKey:
     expires_in_days: int | None
 
 
-def _actor() -> Actor:
-    identity = current_identity()
-    assert identity is not None  # the access guard let only an admin in
-    return Actor(owner=identity.owner, name=identity.name, ip=request.remote_addr)
-
-
 def log_in(*, email: str, password: str) -> bool:
-    """Start a new server-side session for a matching admin user (new session id: no fixation)."""
-    record = users.authenticate(get_redis(), email=email, password=password)
-    if record is None:
-        return False
-    session.regenerate()  # type: ignore[attr-defined]  # auth.sessions.ServerSession
-    identity = identity_from_user(record)
-    login_user(identity)
-    # Same audit entry as POST /auth/login (gateway.auth_routes): a login is a login.
-    audit.record(get_redis(), _actor(), "auth.login", target=identity.owner)
-    return True
+    """Start a new server-side session for a matching admin user (same as POST /auth/login)."""
+    return login.log_in(email=email, password=password) is not None
 
 
 def log_out() -> None:
     """Delete the session record on the server, so the old cookie stops working."""
-    actor = _actor()
-    logout_user()
-    session.destroy()  # type: ignore[attr-defined]
-    audit.record(get_redis(), actor, "auth.logout", target=actor.owner)
+    login.log_out()
 
 
 def list_keys() -> list[dict[str, Any]]:
@@ -88,7 +67,7 @@ def create_key(new: NewKey) -> tuple[dict[str, Any], str]:
     record, secret = management.create_key(
         get_redis(),
         pepper=pepper(),
-        actor=_actor(),
+        actor=login.request_actor(),
         name=new.name,
         scopes=new.scopes,
         rate_limit=new.rate_limit,
@@ -99,14 +78,14 @@ def create_key(new: NewKey) -> tuple[dict[str, Any], str]:
 
 
 def revoke_key(key_id: str) -> None:
-    record = management.revoke_key(get_redis(), actor=_actor(), key_id=key_id)
+    record = management.revoke_key(get_redis(), actor=login.request_actor(), key_id=key_id)
     if record is not None:
         key_cache().discard(key_id)
 
 
 def rotate_key(key_id: str) -> tuple[dict[str, Any], str]:
     """(record, new secret); ValueError (KeyStateError) for a revoked or expired key."""
-    rotated = management.rotate_key(get_redis(), pepper=pepper(), actor=_actor(), key_id=key_id)
+    rotated = management.rotate_key(get_redis(), pepper=pepper(), actor=login.request_actor(), key_id=key_id)
     if rotated is None:
         raise ValueError(f"key {key_id} no longer exists")
     key_cache().discard(key_id)
