@@ -33,12 +33,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask
 
-from devtools.processes import stop_process
+from devtools.gunicorn import GunicornServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.60
@@ -59,43 +58,6 @@ def _hello_app() -> Flask:
 hello_app = _hello_app()
 
 
-@dataclass
-class Server:
-    """One gunicorn process tree on a free port."""
-
-    app: str
-    env: Mapping[str, str]
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-    port: int = 0
-
-    def start(self) -> Server:
-        from devtools.redis_server import free_port
-
-        self.port = free_port()
-        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1"}
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", self.app]
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
-        self._wait_ready()
-        return self
-
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                conn.request("GET", "/")
-                conn.getresponse().read()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"{self.app} did not start; see {self.log}")
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=20)
-
-
 def _cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of processes (Linux /proc): robust against other load on the machine."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -109,10 +71,9 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def _server_pids(server: Server) -> list[int]:
+def _server_pids(server: GunicornServer) -> list[int]:
     assert server.process is not None
-    out = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout
-    return [server.process.pid, *map(int, out.split())]
+    return [server.process.pid, *server.worker_pids()]
 
 
 def _wrk(url: str, headers: Mapping[str, str], seconds: int, connections: int) -> float:
@@ -184,7 +145,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _measure(
-    args: argparse.Namespace, bare: Server, gateway: Server, key: str, redis_pid: int
+    args: argparse.Namespace, bare: GunicornServer, gateway: GunicornServer, key: str, redis_pid: int
 ) -> dict[str, list[float]]:
     use_wrk = args.tool == "wrk" or (args.tool == "auto" and shutil.which("wrk"))
     load = _wrk if use_wrk else _python_load
@@ -245,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         "TRUSTED_PROXY_COUNT": "0",
         "WEB_CONCURRENCY": str(args.workers),
     }
-    servers: list[Server] = []
+    servers: list[GunicornServer] = []
     try:
         key = _create_key(env)
-        servers.append(Server("bench.secured:hello_app", env, work / "bare.log").start())
-        servers.append(Server("wsgi:app", env, work / "gateway.log").start())
+        bare = GunicornServer(env, None, work / "bare.log", app="bench.secured:hello_app", ready_path="/")
+        servers.append(bare.start(timeout=30))
+        servers.append(GunicornServer(env, None, work / "gateway.log").start(timeout=30))
         assert redis_server.process is not None
         report = _report(args, _measure(args, servers[0], servers[1], key, redis_server.process.pid))
     finally:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devtools.processes import stop_process
+from devtools.gunicorn import GunicornServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_P99_MS = 100.0
@@ -208,14 +208,12 @@ async def open_streams(
 # ---- set-up ---------------------------------------------------------------------------
 
 
-def server_env(args: argparse.Namespace, redis_url: str, port: int) -> dict[str, str]:
+def server_env(args: argparse.Namespace, redis_url: str) -> dict[str, str]:
     return {
         **os.environ,
         "FLASK_ENV": "production",
         "SECRET_KEY": secrets.token_urlsafe(48),
         "REDIS_URL": redis_url,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
         "WEB_CONCURRENCY": str(args.workers),
         "FORCE_HTTPS": "false",
         "TRUSTED_PROXY_COUNT": "0",
@@ -247,21 +245,6 @@ def make_sessions(redis_url: str, owner: str, count: int, words: int) -> list[st
         service.add_message(r, session={"id": session_id, "created_by": owner}, role="user", content=message)
         ids.append(session_id)
     return ids
-
-
-def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("gunicorn did not become ready")
 
 
 # ---- the run ----------------------------------------------------------------------------
@@ -296,22 +279,18 @@ def measure(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from devtools.redis_server import RedisServer, free_port
+    from devtools.redis_server import RedisServer
 
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp, RedisServer(Path(tmp)) as redis_server:
-        port = free_port()
-        env = server_env(args, redis_server.url, port)
+        env = server_env(args, redis_server.url)
         token, owner = create_key(env)
         session_ids = make_sessions(redis_server.url, owner, args.streams, args.words)
-        log = open(Path(tmp) / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
-        server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
+        server = GunicornServer(env, args.workers, Path(tmp) / "gunicorn.log").start(timeout=30)
         try:
-            wait_ready(port, server)
-            figures = measure(args, port, server.pid, token, session_ids)
+            assert server.process is not None
+            figures = measure(args, server.port, server.process.pid, token, session_ids)
         finally:
-            stop_process(server, timeout=30)
-            log.close()
+            server.stop(timeout=30)
         lines = (Path(tmp) / "gunicorn.log").read_text(errors="replace").splitlines()
         figures["log_tail"] = [line for line in lines if "ERROR" in line or "WARNING" in line][-5:]
         return figures

@@ -14,9 +14,9 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from auth import keys
 from auth.loaders import pepper
 from auth.scopes import ALL_SCOPES
+from devtools.gunicorn import GunicornServer
 from devtools.redis_server import RedisServer
 from gateway import create_app
-from tests.support.gunicorn import GunicornServer
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from config import SETTINGS, ConfigError, load_config
-from tests.support.gunicorn import ROOT
+from devtools.gunicorn import ROOT
 
 STRONG_SECRET = "Zq3v9Lr0pXy7Kd2Nw8Ht5Bc1Ms6Fg4Aj-u"
 # Port 1: nothing listens, so nothing these tests start can write to a real Redis.

@@ -18,7 +18,7 @@ import yaml
 from flask.testing import FlaskCliRunner
 
 from config import SETTINGS
-from tests.support.gunicorn import ROOT
+from devtools.gunicorn import ROOT
 
 FIRST_PARTY = {"gateway", "auth", "config", "devtools", "tests", "bench", "wsgi"}
 PRODUCTION_CMD = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

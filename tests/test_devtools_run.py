@@ -17,9 +17,9 @@ import redis
 import requests
 
 from auth import keys
+from devtools.gunicorn import ROOT
 from devtools.redis_server import free_port
 from devtools.run import dev_environ, read_or_create_secret
-from tests.support.gunicorn import ROOT
 
 pytestmark = pytest.mark.gunicorn
 

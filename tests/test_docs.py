@@ -8,7 +8,7 @@ import re
 import pytest
 
 from config import SETTINGS
-from tests.support.gunicorn import ROOT
+from devtools.gunicorn import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
+from devtools.gunicorn import GunicornServer
 from tests.agents.sse_client import Event, SSEParser
-from tests.support.gunicorn import GunicornServer
 
 pytestmark = pytest.mark.gunicorn
 Headers = Callable[..., dict[str, str]]

@@ -19,7 +19,7 @@ import redis
 
 from auth import keys
 from auth.scopes import ALL_SCOPES
-from tests.support.gunicorn import ROOT, GunicornServer
+from devtools.gunicorn import ROOT, GunicornServer
 
 pytestmark = pytest.mark.gunicorn
 

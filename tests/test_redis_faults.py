@@ -16,9 +16,9 @@ import requests
 
 from auth import keys
 from auth.loaders import pepper
+from devtools.gunicorn import GunicornServer
 from devtools.redis_server import RedisServer
 from gateway import create_app
-from tests.support.gunicorn import GunicornServer
 
 pytestmark = pytest.mark.gunicorn
 

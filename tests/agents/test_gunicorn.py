@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import redis
 
+from devtools.gunicorn import GunicornServer
 from gateway.redis import KEYS
 from tests.agents.sse_client import SSEParser
-from tests.support.gunicorn import GunicornServer
 
 pytestmark = pytest.mark.gunicorn
 Headers = Callable[..., dict[str, str]]

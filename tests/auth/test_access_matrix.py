@@ -20,7 +20,7 @@ from werkzeug.routing import Rule
 
 from auth import keys
 from auth.scopes import ADMIN, ALL_SCOPES
-from tests.support.gunicorn import GunicornServer
+from devtools.gunicorn import GunicornServer
 
 # CONTRACT section 3: public routes.
 PUBLIC_PATHS = frozenset(

@@ -16,7 +16,7 @@ import redis
 import requests
 from flask.testing import FlaskCliRunner
 
-from tests.support.gunicorn import GunicornServer
+from devtools.gunicorn import GunicornServer
 
 PROPAGATION = 1.0  # CONTRACT section 6: every worker within one second
 PARALLEL = 8

@@ -18,8 +18,8 @@ import pytest
 import requests
 from playwright import sync_api
 
+from devtools.gunicorn import ROOT, GunicornServer
 from tests.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
-from tests.support.gunicorn import ROOT, GunicornServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.gunicorn]
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.support.gunicorn import GunicornServer
+from devtools.gunicorn import GunicornServer
 
 pytestmark = pytest.mark.gunicorn
 
