@@ -17,6 +17,7 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii as _quote  # C: what the encoder uses
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
@@ -160,17 +161,18 @@ def _log_access(response: Response) -> None:
     ctx = g._get_current_object()  # type: ignore[attr-defined]
     req = request._get_current_object()  # type: ignore[attr-defined]
     started = getattr(ctx, "request_started", None)
-    duration = (time.perf_counter() - started) * 1000 if started else None
-    fields = {
-        "method": req.method,
-        "path": req.path,
-        "status": response.status_code,
-        "duration_ms": round(duration, 2) if duration is not None else None,
-        "remote_addr": req.remote_addr,
-        "identity": getattr(getattr(ctx, "_login_user", None), "owner", None),
-    }
+    duration = round((time.perf_counter() - started) * 1000, 2) if started else None
+    identity = getattr(getattr(ctx, "_login_user", None), "owner", None)
     handler = _sole_json_handler()
     if handler is None:
+        fields = {
+            "method": req.method,
+            "path": req.path,
+            "status": response.status_code,
+            "duration_ms": duration,
+            "remote_addr": req.remote_addr,
+            "identity": identity,
+        }
         # makeRecord + handle, not .info(): one line per request need not walk the stack for its caller.
         _access_log.handle(
             _access_log.makeRecord(
@@ -178,12 +180,18 @@ def _log_access(response: Response) -> None:
             )
         )
         return
-    # The same line the handler would write, without a LogRecord and the handler's generic
-    # path: about a third of the cost, on every request. The message is a constant (no redaction).
+    # The same line the handler would write (same fields, order and spacing; a test
+    # compares them), without a LogRecord, the handler's generic path or a generic
+    # JSON encoder: about a fifth of the cost, on every request.
     formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
-    entry = formatter.entry(time.time(), "INFO", ACCESS_LOGGER, "request")
-    entry.update(fields)
-    line = _encode(entry) + "\n"
+    rid = getattr(ctx, "request_id", None)
+    rid_field = f', "request_id": {_quote(rid)}' if rid else ""
+    line = (
+        f'{{"ts": "{formatter.timestamp(time.time())}", {_ACCESS_HEAD}{rid_field}'
+        f', "method": {_quote(req.method)}, "path": {_quote(req.path)}, "status": {int(response.status_code)}'
+        f', "duration_ms": {_json_or_null(duration)}, "remote_addr": {_json_or_null(req.remote_addr)}'
+        f', "identity": {_json_or_null(identity)}}}\n'
+    )
     handler.acquire()
     try:
         sys.stderr.write(line)
@@ -192,6 +200,16 @@ def _log_access(response: Response) -> None:
         handler.handleError(logging.makeLogRecord({"name": ACCESS_LOGGER, "msg": "request"}))
     finally:
         handler.release()
+
+
+_ACCESS_HEAD = _encode({"level": "INFO", "logger": ACCESS_LOGGER, "message": "request"})[1:-1]
+
+
+def _json_or_null(value: str | float | None) -> str:
+    """A text or number field as JSON, exactly as ``_encode`` writes it."""
+    if value is None:
+        return "null"
+    return _quote(value) if isinstance(value, str) else repr(float(value))
 
 
 def _sole_json_handler() -> _StderrHandler | None:

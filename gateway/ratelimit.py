@@ -46,6 +46,7 @@ from limits.storage import MemoryStorage
 
 from auth.access import access_for
 from auth.identity import Identity, current_identity
+from gateway import leases
 from gateway.errors import APIError
 from gateway.extensions import get_redis
 from gateway.health import HEALTH_ENDPOINTS
@@ -70,38 +71,46 @@ HEADER_RETRY_AFTER = "Retry-After"
 HEADER_POLICY = "RateLimit-Policy"
 HEADER_STATE = "RateLimit"
 
-# KEYS[i]: counter i. ARGV: cost, commit (1 = take, 0 = only look), then amount_i, window_ms_i.
-# Returns {breached index (0: none), count_1, pttl_1, count_2, pttl_2, ...}.
+# KEYS[i]: counter i. ARGV: cost, commit (1 = take, 0 = only look), lease_max, lease_share,
+# then amount_i, window_ms_i. Taking, it takes ``cost`` units, or a lease of up to lease_max
+# when every limit has many left (gateway/leases.py), never more than any limit has left.
+# Returns {breached index (0: none), units taken, count_1, pttl_1, count_2, pttl_2, ...}.
 _DECIDE_LUA = """
 local cost = tonumber(ARGV[1])
 local commit = ARGV[2] == '1'
-local counts, ttls, breached = {}, {}, 0
+local lease_max, share = tonumber(ARGV[3]), tonumber(ARGV[4])
+local counts, ttls, breached, spare = {}, {}, 0, nil
 for i = 1, #KEYS do
-  local amount = tonumber(ARGV[1 + 2 * i])
+  local amount = tonumber(ARGV[3 + 2 * i])
   local ttl = redis.call('PTTL', KEYS[i])
   -- A counter without expiry, or a key of another shape, is replaced rather than trusted or failed on.
   if ttl == -1 or (ttl >= 0 and redis.call('TYPE', KEYS[i]).ok ~= 'string') then
     redis.call('DEL', KEYS[i]); ttl = -2
   end
   local count = 0
-  if ttl == -2 then ttl = tonumber(ARGV[2 + 2 * i]) else count = tonumber(redis.call('GET', KEYS[i])) end
+  if ttl == -2 then ttl = tonumber(ARGV[4 + 2 * i]) else count = tonumber(redis.call('GET', KEYS[i])) end
   counts[i], ttls[i] = count, ttl
   if breached == 0 and count + cost > amount then breached = i end
+  if spare == nil or amount - count < spare then spare = amount - count end
 end
+local take = 0
 if breached == 0 and commit then
+  take = math.max(cost, math.min(lease_max, math.floor(spare / share)))
   for i = 1, #KEYS do
-    counts[i] = redis.call('INCRBY', KEYS[i], cost)
-    if counts[i] == cost then redis.call('PEXPIRE', KEYS[i], ttls[i]) end
+    counts[i] = redis.call('INCRBY', KEYS[i], take)
+    if counts[i] == take then redis.call('PEXPIRE', KEYS[i], ttls[i]) end
   end
 end
-local out = {breached}
+local out = {breached, take}
 for i = 1, #KEYS do out[#out + 1] = counts[i]; out[#out + 1] = ttls[i] end
 return out
 """
 _DECIDE_SHA = hashlib.sha1(_DECIDE_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
-@dataclass(frozen=True)
+# eq=False: policies are made once and cached, so identity is equality, and a tuple of
+# them hashes by object ids (the lease book's key) instead of by every field.
+@dataclass(frozen=True, eq=False)
 class Policy:
     """One limit on one subject: ``kind`` is rate, quota, anonymous or login."""
 
@@ -335,12 +344,15 @@ def _gevent_patched() -> bool:
 
 
 class _State:
-    """Per app: the Lua script's digest, the limiter's connections, the fallback counters."""
+    """Per app: the Lua script's digest, the limiter's connections, leases, the fallback counters."""
 
     def __init__(self, app: Flask) -> None:
+        self.app = app
         self.fail_open: bool = app.config["RATELIMIT_FAIL_OPEN"]
+        self.lease_max: int = max(1, app.config["RATELIMIT_LEASE_MAX"])
         self.connections = _Connections()
         self.calls = _Coalescer(self.connections, _gevent_patched())
+        self.leases = leases.LeaseBook(self.give_back)
         self.memory = MemoryStorage()
         self.memory_lock = threading.Lock()
         self.degraded = False
@@ -353,17 +365,39 @@ class _State:
             self.connections.call("SCRIPT", "LOAD", _DECIDE_LUA)
             return self.connections.call("EVALSHA", _DECIDE_SHA, len(keys), *keys, *args)
 
-    def decide_in_redis(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
-        args: list[int] = [1, 1 if commit else 0]
+    def decide_in_redis(
+        self, policies: Sequence[Policy], *, commit: bool = True, lease: bool = False
+    ) -> Decision:
+        lease_max = self.lease_max if commit and lease else 1
+        args: list[int] = [1, 1 if commit else 0, lease_max, leases.LEASE_SHARE]
         for policy in policies:
             args += [policy.item.amount, policy.window * 1000]
-        out = self._evalsha([p.redis_key for p in policies], args)
+        keys = [p.redis_key for p in policies]
+        out = self._evalsha(keys, args)
         if self.degraded:
             self.degraded = False
             log.warning("rate-limit storage is back: limits are shared through Redis again")
-        counts = tuple(int(c) for c in out[1::2])
-        resets = tuple(int(ms) / 1000 for ms in out[2::2])
+        counts = tuple(int(c) for c in out[2::2])
+        ttls_ms = tuple(int(ms) for ms in out[3::2])
+        taken = int(out[1])
+        if taken > 1:  # a lease: this request takes one unit, the rest serve the next ones
+            now = time.monotonic()
+            expiry = leases.lease_expiry(now, ttls_ms)
+            self.leases.add(policies, leases.Lease(tuple(keys), taken - 1, counts, ttls_ms, now, expiry))
+            counts = tuple(count - (taken - 1) for count in counts)
+        resets = tuple(ms / 1000 for ms in ttls_ms)
         return Decision(tuple(policies), counts, resets, int(out[0]) - 1 if out[0] else None)
+
+    def give_back(self, spent: list[leases.Lease]) -> None:
+        """The lease book's sweeper: return unused units to the windows they came from, in one pipeline."""
+        now = time.monotonic()
+        commands = []
+        for lease in spent:
+            keys, args = lease.return_args(now)
+            commands.append(("EVAL", leases.RETURN_LUA, len(keys), *keys, *args))
+        with self.app.app_context():
+            for reply in self.connections.pipeline(commands):
+                _unwrap(reply)
 
     def decide_in_memory(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
         if not self.degraded:
@@ -383,14 +417,20 @@ class _State:
         return Decision(tuple(policies), tuple(counts), resets, breached)
 
     def decide(self, policies: Sequence[Policy], *, commit: bool = True, closed: bool = False) -> Decision:
-        """Redis first; when it is unreachable, per-process counters if failing open (never for login)."""
+        """A live lease first; then Redis; when it is unreachable, per-process counters if
+        failing open (never for login, which is ``closed`` and never leased)."""
+        lease = commit and not closed and self.lease_max > 1
+        if lease:
+            served = self.leases.serve(policies)
+            if served is not None:
+                return Decision(tuple(policies), served[0], served[1], None)
         fallback = self.fail_open and not closed
         # While degraded, Redis is tried again only every RECHECK_SECONDS: a stalled
         # server would otherwise cost every request its connect timeout.
         if fallback and time.monotonic() < self.recheck_at:
             return self.decide_in_memory(policies, commit=commit)
         try:
-            return self.decide_in_redis(policies, commit=commit)
+            return self.decide_in_redis(policies, commit=commit, lease=lease)
         except REDIS_UNAVAILABLE:
             if not fallback:
                 raise
