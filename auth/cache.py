@@ -18,6 +18,7 @@ by guessing, and an entry is re-checked for expiry on every hit.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from auth.identity import Identity
@@ -37,11 +38,22 @@ class Entry:
     fetched: float  # time.monotonic() of the Redis look-up
 
 
+def _no_digest(secret: str) -> str:
+    raise RuntimeError("this KeyCache was made without a digest function")
+
+
 class KeyCache:
     """digest -> Entry for ``ttl`` seconds. Greenlets of one worker share it; its
     operations are single dict reads and writes, which need no lock."""
 
-    def __init__(self, ttl: float = TTL_SECONDS, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        ttl: float = TTL_SECONDS,
+        max_entries: int = MAX_ENTRIES,
+        digest: Callable[[str], str] | None = None,
+    ) -> None:
+        # The app's keyed digest of a presented key (auth.keys.digester), made once per app.
+        self.digest = digest or _no_digest
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[str, Entry] = {}

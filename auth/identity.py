@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from flask import Request, g, has_request_context, request
-from flask_login import LoginManager, UserMixin, current_user
+from flask import Request, current_app, g, has_request_context, request
+from flask_login import LoginManager, UserMixin
 
 from auth.scopes import grants
 
@@ -75,7 +75,10 @@ def current_identity() -> Identity | None:
         return None
     # Flask-Login keeps the loaded user in ``g._login_user``: read it there once it is
     # loaded (several layers ask on every request), else let Flask-Login load it.
-    user = g.get("_login_user")
+    ctx = g._get_current_object()  # type: ignore[attr-defined]
+    user = getattr(ctx, "_login_user", None)
     if user is None:
-        user = current_user._get_current_object()  # type: ignore[attr-defined]
+        # What current_user does on first use, without its proxy and helper layers.
+        current_app.login_manager._load_user()  # type: ignore[attr-defined]
+        user = getattr(ctx, "_login_user", None)
     return user if getattr(user, "is_authenticated", False) else None

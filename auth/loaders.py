@@ -62,10 +62,10 @@ def key_cache(app: Flask | None = None) -> KeyCache:
 
 def resolve_key(secret: str) -> Identity | None:
     """The identity of a presented key: from the cache when warm, else one Redis round trip."""
-    cache, secret_key = key_cache(), pepper()
+    cache = key_cache()
     # The digest first: a warm hit (the hot path) is one HMAC and a dict read. Only
     # live keys are ever cached, so the offline format check is needed on a miss only.
-    key_digest = keys.digest(secret, secret_key)
+    key_digest = cache.digest(secret)
     identity = cache.get(key_digest)
     if identity is None:
         if not keys.looks_valid(secret):
@@ -111,7 +111,7 @@ def init_app(app: Flask) -> None:
     from auth.sessions import RedisSessionInterface
 
     app.session_interface = RedisSessionInterface()
-    app.extensions[CACHE_EXTENSION] = KeyCache()
+    app.extensions[CACHE_EXTENSION] = KeyCache(digest=keys.digester(pepper(app)))
     # Session ids are random, regenerated at login and revocable server-side;
     # binding them to IP and user agent would log out mobile users for nothing.
     login_manager.session_protection = None

@@ -104,6 +104,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STREAM_RESUME_SECONDS", parse_int, 300),
     Setting("EVENTS_MAX_LENGTH", parse_int, 100_000),
     Setting("LOG_LEVEL", parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+    # Access lines are written in batches this often (0: each line at once; gateway/logging.py).
+    Setting("ACCESS_LOG_FLUSH_MS", parse_int, 100),
 )
 
 
@@ -207,6 +209,7 @@ class TestingConfig(Config):
         "TRUSTED_PROXY_COUNT": 0,
         "FORCE_HTTPS": False,
         "AGENT_BUILTIN_DELAY_MS": 0,
+        "ACCESS_LOG_FLUSH_MS": 0,  # tests read log lines right after each request
     }
 
 

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
 from config import load_config
-
-
-class Gateway(Flask):
-    """Flask, with one change: whether a hook or view is a coroutine is found out once.
-
-    Flask asks ``inspect.iscoroutinefunction`` before every call of every hook and
-    view; the gateway runs about a dozen per request, and the answer never changes.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._sync: dict[Callable[..., Any], bool] = {}
-
-    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        try:
-            plain = self._sync[func]
-        except KeyError:
-            plain = self._sync[func] = not inspect.iscoroutinefunction(func)
-        except TypeError:  # an unhashable callable: ask every time, as Flask does
-            return super().ensure_sync(func)
-        return func if plain else self.async_to_sync(func)
+from gateway.flask_app import Gateway
 
 
 def create_app(

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from gateway import forks
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,13 @@ class LeaseBook:
 
     def _ensure_sweeper(self) -> None:
         # Started in the process that leases (after gunicorn's fork, under gevent's patching).
-        if self.sweeper_pid == os.getpid():
+        if self.sweeper_pid == forks.pid():
             return
         with self.lock:
-            if self.sweeper_pid == os.getpid():
+            if self.sweeper_pid == forks.pid():
                 return
             self.live.clear()  # a forked child does not own its parent's leases
-            self.sweeper_pid = os.getpid()
+            self.sweeper_pid = forks.pid()
         threading.Thread(target=self._loop, name="ratelimit-leases", daemon=True).start()
         atexit.register(self.sweep, everything=True)
 

@@ -31,7 +31,6 @@ import functools
 import hashlib
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -46,7 +45,7 @@ from limits.storage import MemoryStorage
 
 from auth.access import access_for
 from auth.identity import Identity, current_identity
-from gateway import leases
+from gateway import forks, leases
 from gateway.errors import APIError
 from gateway.extensions import get_redis
 from gateway.health import HEALTH_ENDPOINTS
@@ -154,20 +153,27 @@ class Decision:
         return dict(self.header_items())
 
     def header_items(self) -> list[tuple[str, str]]:
-        """The rate-limit headers of this decision, in order."""
-        i = self.headline()
+        """The rate-limit headers of this decision, in order (built on every limited answer)."""
         policies, resets = self.policies, self.resets
-        state = [f'"{p.name}";r={self.remaining(n)};t={math.ceil(resets[n])}' for n, p in enumerate(policies)]
+        left = [max(0, p.item.amount - c) for p, c in zip(policies, self.counts, strict=True)]
+        i = self.breached if self.breached is not None else left.index(min(left))  # = headline()
+        state = [f'"{p.name}";r={left[n]};t={math.ceil(resets[n])}' for n, p in enumerate(policies)]
         items = [
             (HEADER_LIMIT, str(policies[i].item.amount)),
-            (HEADER_REMAINING, str(self.remaining(i))),
+            (HEADER_REMAINING, str(left[i])),
             (HEADER_RESET, str(math.ceil(time.time() + resets[i]))),
-            (HEADER_POLICY, ", ".join([p.ietf for p in policies])),
+            (HEADER_POLICY, _policy_header(policies)),
             (HEADER_STATE, ", ".join(state)),
         ]
         if self.breached is not None:
             items.append((HEADER_RETRY_AFTER, str(self.retry_after())))
         return items
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_header(policies: tuple[Policy, ...]) -> str:
+    """The RateLimit-Policy value of a policy tuple (fixed per tuple, and tuples are cached)."""
+    return ", ".join([p.ietf for p in policies])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -236,15 +242,15 @@ class _Connections:
 
     def __init__(self) -> None:
         self.free: list[Any] = []
-        self.pid = os.getpid()
+        self.pid = forks.pid()
 
     def call(self, *args: Any) -> Any:
         return _unwrap(self.pipeline([args])[0])
 
     def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one write and read their replies (each a value or a ResponseError)."""
-        if self.pid != os.getpid():  # a forked child must not share its parent's sockets
-            self.free, self.pid = [], os.getpid()
+        if self.pid != forks.pid():  # a forked child must not share its parent's sockets
+            self.free, self.pid = [], forks.pid()
         for attempt in (1, 2):
             reused = bool(self.free)
             conn = self.free.pop() if reused else get_redis().connection_pool.get_connection()

@@ -44,13 +44,13 @@ PAGE_CSP = {
 }
 NONCE_DIRECTIVES = ["script-src", "style-src"]
 NONCE_BYTES = 24
-# Every non-HTML answer: the same values, so built once.
+# Every non-HTML answer: the same values, so built once. No Permissions-Policy: it governs
+# features of rendered documents, and these answers render nothing (default-src 'none').
 API_HEADERS = (
     ("Content-Security-Policy", JSON_CSP),
     ("X-Frame-Options", "DENY"),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
-    ("Permissions-Policy", "browsing-topics=()"),
 )
 
 # The complete fixed set of an API answer, appended in one step (see finish_headers).
@@ -104,7 +104,9 @@ def csp_nonce() -> str:
 
 
 def _is_page(response: Response) -> bool:
-    return response.mimetype == "text/html" and not 300 <= response.status_code < 400
+    # The raw header, not response.mimetype: that parses the header's options on every answer.
+    content_type = response.headers.get("Content-Type", "")
+    return content_type[:9].lower() == "text/html" and not 300 <= response.status_code < 400
 
 
 def finish_headers(response: Response) -> Response:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import os
 import socket
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 from flask import current_app, has_app_context
 
+from gateway import forks
 from gateway.metrics import store
 
 FLUSH_INTERVAL = 1.0
@@ -60,17 +60,17 @@ class Recorder:
         self.open_streams = 0
         self.breakers: dict[str, str] = {}
         self.started_at = time.time()
-        self.pid = os.getpid()
+        self.pid = forks.pid()
         self.failing = False
 
     def _after_fork(self) -> None:
         # A forked child (preloaded app, RQ work horse) must not re-send the parent's deltas.
-        if os.getpid() != self.pid:
+        if forks.pid() != self.pid:
             with self.lock:
                 self.counters.clear()
                 self.sums.clear()
                 self.open_streams = 0
-                self.pid = os.getpid()
+                self.pid = forks.pid()
 
     def add(self, counters: dict[str, int], sums: dict[str, float] | None = None) -> None:
         self._after_fork()
@@ -93,7 +93,7 @@ class Recorder:
         _ensure_flusher()
 
     def process_id(self) -> str:
-        return f"{socket.gethostname()}:{os.getpid()}"
+        return f"{socket.gethostname()}:{forks.pid()}"
 
     def flush(self, *, quiet: bool = False, heartbeat: bool = True) -> bool:
         """Write buffered deltas and this process's gauges; on failure keep them for next time."""
@@ -143,12 +143,12 @@ def _loop() -> None:
 def _ensure_flusher() -> None:
     """Start the flusher lazily in each process (after gunicorn's fork, under gevent's patching)."""
     global _flusher_pid
-    if _flusher_pid == os.getpid():
+    if _flusher_pid == forks.pid():
         return
     with _flusher_lock:
-        if _flusher_pid == os.getpid():
+        if _flusher_pid == forks.pid():
             return
-        _flusher_pid = os.getpid()
+        _flusher_pid = forks.pid()
         threading.Thread(target=_loop, name="metrics-flusher", daemon=True).start()
 
 
