@@ -62,9 +62,10 @@ class IdentityLoginManager(LoginManager):  # type: ignore[misc]
         return callback
 
     def _load_user(self) -> None:
-        if self._presents_credentials is not None and self._presents_credentials(request):
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        if self._presents_credentials is not None and self._presents_credentials(req):
             return self._update_request_context_with_user(  # type: ignore[no-any-return]
-                self._load_user_from_request(request)
+                self._load_user_from_request(req)
             )
         return super()._load_user()  # type: ignore[no-any-return]
 

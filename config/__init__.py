@@ -78,7 +78,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATELIMIT_LOGIN", parse_limits, "5/minute"),
     Setting("RATELIMIT_FAIL_OPEN", parse_bool, False),
     # Units a worker may lease at once from a limit with plenty left (gateway/leases.py); 1 = off.
-    Setting("RATELIMIT_LEASE_MAX", parse_int, 16),
+    Setting("RATELIMIT_LEASE_MAX", parse_int, 32),
     Setting("COMMAND_CENTER_URL", parse_url_or_path, "/docs"),
     Setting("AGENT_BACKEND", parse_choice("builtin", "openai"), "builtin"),
     Setting("AGENT_BUILTIN_DELAY_MS", parse_int, 100),

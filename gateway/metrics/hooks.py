@@ -27,17 +27,22 @@ class _StartTime:
         return self.wsgi_app(environ, start_response)
 
 
-def _record(response: Response) -> Response:
-    """after_request: count every answer except health probes (probe traffic is not load)."""
-    req = request._get_current_object()  # type: ignore[attr-defined]
-    if req.endpoint in HEALTH_ENDPOINTS:
+def _counter(shared: recorder.Recorder) -> Callable[[Response], Response]:
+    """The after_request hook counting into ``shared`` (bound here: no app lookup per request)."""
+
+    def record(response: Response) -> Response:
+        """Count every answer except health probes (probe traffic is not load)."""
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        if req.endpoint in HEALTH_ENDPOINTS:
+            return response
+        started = req.environ.get(START_ENVIRON_KEY)
+        seconds = time.perf_counter() - started if started is not None else 0.0
+        # The route template (url_rule), never the raw path: label values stay bounded.
+        route = req.url_rule.rule if req.url_rule is not None else UNMATCHED_ROUTE
+        shared.request(route, req.method, response.status_code, seconds)
         return response
-    started = req.environ.get(START_ENVIRON_KEY)
-    seconds = time.perf_counter() - started if started is not None else 0.0
-    # The route template (url_rule), never the raw path: label values stay bounded.
-    route = req.url_rule.rule if req.url_rule is not None else UNMATCHED_ROUTE
-    recorder.record_request(route, req.method, response.status_code, seconds)
-    return response
+
+    return record
 
 
 def init_app(app: Flask) -> None:
@@ -48,4 +53,4 @@ def init_app(app: Flask) -> None:
     shared = recorder.shared(app.config["REDIS_URL"], lambda: RedisStore.client(app))
     app.extensions[recorder.EXTENSION_KEY] = shared
     app.wsgi_app = _StartTime(app.wsgi_app)  # type: ignore[method-assign]
-    app.after_request(_record)
+    app.after_request(_counter(shared))

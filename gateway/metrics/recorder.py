@@ -86,6 +86,11 @@ class Recorder:
             self.open_streams = max(0, self.open_streams + delta)
         _ensure_flusher()
 
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request by route template, method and status, with its latency."""
+        counters, sum_field = _request_fields(route, method, status, store.bucket_index(seconds))
+        self.add(counters, {sum_field: max(0.0, seconds)})
+
     def breaker(self, backend: str, state: str) -> None:
         self._after_fork()
         with self.lock:
@@ -177,10 +182,8 @@ def current() -> Recorder | None:
 def record_request(route: str, method: str, status: int, seconds: float) -> None:
     """Count one answered request by route template, method and status, with its latency."""
     recorder = current()
-    if recorder is None:
-        return
-    counters, sum_field = _request_fields(route, method, status, store.bucket_index(seconds))
-    recorder.add(counters, {sum_field: max(0.0, seconds)})
+    if recorder is not None:
+        recorder.request(route, method, status, seconds)
 
 
 @functools.lru_cache(maxsize=4096)
