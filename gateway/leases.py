@@ -137,7 +137,7 @@ class LeaseBook:
             old = self.live.get(policies)
             self.live[policies] = lease
             if old is not None and old.units > 0:
-                if old.same_windows(lease):
+                if time.monotonic() < old.expires_at and old.same_windows(lease):
                     lease.units += old.units
                 else:
                     self.ended.append(old)

@@ -175,7 +175,8 @@ class _AccessBatch:
 
     def _loop(self) -> None:
         while True:
-            time.sleep(self.flush_ms / 1000)
+            # flush_ms may be set to 0 later (another app in the process): never spin.
+            time.sleep((self.flush_ms or IDLE_FLUSH_MS) / 1000)
             # A broken stderr has nowhere to report to; it must not end the flusher.
             with contextlib.suppress(Exception):
                 self.flush()
@@ -189,6 +190,7 @@ def _write_stderr(data: str) -> None:
 
 # Lines of up to this size are written atomically to a pipe (POSIX PIPE_BUF, Linux's value).
 PIPE_BUF = 4096
+IDLE_FLUSH_MS = 100
 _batch = _AccessBatch()
 atexit.register(_batch.flush)
 

@@ -153,3 +153,33 @@ def test_each_security_header_is_sent_exactly_once(make_app: Callable[..., Flask
     for name in ("content-security-policy", "strict-transport-security", "x-content-type-options",
                  "referrer-policy", "cache-control", "x-request-id"):  # fmt: skip
         assert names.count(name) == 1, (path, name)
+
+
+def test_batched_access_lines_arrive_complete_in_order_and_atomic_sized(
+    make_app: Callable[..., Flask],
+    make_key: Callable[..., str],
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway import logging as gateway_logging
+
+    app = make_app(ACCESS_LOG_FLUSH_MS="60000")  # flushed here by size, by other lines and by hand
+    client = app.test_client()
+    headers = {"X-API-Key": make_key()}
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # the direct (batched) path
+    writes: list[str] = []
+    real_write = gateway_logging._write_stderr
+    record = lambda data: (writes.append(data), real_write(data))  # noqa: E731
+    monkeypatch.setattr(gateway_logging, "_write_stderr", record)
+    capfd.readouterr()
+    client.get("/_probe/me", headers=headers)
+    assert _access_lines(capfd.readouterr().err) == []  # held in the batch for now
+    logging.getLogger("gateway.test").warning("an event")  # another line: the batch goes first
+    err = capfd.readouterr().err.splitlines()
+    assert [json.loads(line)["logger"] for line in err] == ["gateway.access", "gateway.test"]
+    for _ in range(60):  # ~20 KB of lines: written in several batches, each atomic on a pipe
+        client.get("/_probe/me", headers=headers)
+    gateway_logging._batch.flush()
+    assert len(_access_lines(capfd.readouterr().err)) == 60
+    assert len(writes) > 3 and all(len(data.encode()) <= gateway_logging.PIPE_BUF for data in writes)
+    assert all(data.endswith("\n") for data in writes)

@@ -1,0 +1,172 @@
+"""Rate-limit leases: a large limit is taken a few units at a time, never beyond the
+limit, and units a worker did not use go back to the window they came from."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+
+from auth import keys
+from auth.loaders import pepper
+from devtools.gunicorn import GunicornServer
+from gateway import leases
+from gateway.ratelimit import EXTENSION_KEY, STRATEGY, _State
+from gateway.redis import key as redis_key
+
+ME = "/_probe/me"
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def rate_counter(r: redis.Redis, app: Flask, secret: str, window: int = 60) -> int:
+    """The Redis counter of a key's rate limit (0 when its window has not started)."""
+    record = keys.lookup(r, secret, pepper(app))
+    assert record is not None
+    return int(r.get(redis_key("ratelimit", STRATEGY, f"key:{record['id']}", window)) or 0)
+
+
+def evalsha_calls(r: redis.Redis) -> int:
+    """Redis decisions made so far (Redis's own count of EVALSHA calls)."""
+    return int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def load_script(client: FlaskClient) -> None:
+    """One anonymous request, so the limiter's script is loaded before anything is counted."""
+    client.get(ME)
+
+
+def state(app: Flask) -> _State:
+    return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+
+
+def test_a_large_limit_is_leased_and_the_unused_units_come_back(
+    make_app: Callable[..., Flask], make_key: Callable[..., str], r: redis.Redis
+) -> None:
+    app = make_app()
+    client = app.test_client()
+    secret = make_key(rate_limit="100000/minute")
+    load_script(client)
+    before = evalsha_calls(r)
+    answers = [client.get(ME, headers=bearer(secret)) for _ in range(10)]
+    remaining = [int(answer.headers["X-RateLimit-Remaining"]) for answer in answers]
+    assert evalsha_calls(r) - before == 1  # one Redis decision for ten requests
+    assert remaining == list(range(99_999, 99_989, -1))  # each answer still counts down by one
+    assert rate_counter(r, app, secret) == 32  # RATELIMIT_LEASE_MAX units were counted at once
+    state(app).leases.sweep(everything=True)
+    assert rate_counter(r, app, secret) == 10  # the 22 unused ones are back: nothing lost
+
+
+def test_small_limits_and_lease_max_1_count_every_request_in_redis(
+    make_app: Callable[..., Flask], make_key: Callable[..., str], r: redis.Redis
+) -> None:
+    app = make_app()
+    small = make_key(rate_limit="100/minute")  # fewer than 2 * LEASE_SHARE left: exact counting
+    for _ in range(3):
+        app.test_client().get(ME, headers=bearer(small))
+    assert rate_counter(r, app, small) == 3
+
+    off = make_app(RATELIMIT_LEASE_MAX="1")
+    large = make_key(rate_limit="100000/minute")
+    for _ in range(3):
+        off.test_client().get(ME, headers=bearer(large))
+    assert rate_counter(r, off, large) == 3
+
+
+@pytest.mark.parametrize(("used", "expected_take"), [(0, 32), (9_000, 15), (9_900, 1)])
+def test_a_lease_is_a_small_share_of_what_is_left(
+    make_app: Callable[..., Flask],
+    make_key: Callable[..., str],
+    r: redis.Redis,
+    used: int,
+    expected_take: int,
+) -> None:
+    app = make_app()
+    secret = make_key(rate_limit="10000/minute")
+    client = app.test_client()
+    if used:
+        record = keys.lookup(r, secret, pepper(app))
+        assert record is not None
+        r.set(redis_key("ratelimit", STRATEGY, f"key:{record['id']}", 60), used, px=60_000)
+    client.get(ME, headers=bearer(secret))
+    # min(LEASE_MAX, left // LEASE_SHARE), at least the request's own unit.
+    assert rate_counter(r, app, secret) == used + expected_take
+
+
+def test_a_lease_never_serves_past_its_lifetime(
+    make_app: Callable[..., Flask],
+    make_key: Callable[..., str],
+    r: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(leases, "LEASE_SECONDS", 0.05)
+    app = make_app()
+    client = app.test_client()
+    secret = make_key(rate_limit="100000/minute")
+    load_script(client)
+    client.get(ME, headers=bearer(secret))
+    time.sleep(0.1)
+    before = evalsha_calls(r)
+    client.get(ME, headers=bearer(secret))
+    assert evalsha_calls(r) - before == 1  # the old lease had ended: Redis decided again
+    state(app).leases.sweep()
+    assert rate_counter(r, app, secret) == 2 + 31  # the ended lease's 31 units came back
+
+
+def test_units_never_go_back_to_a_later_window(
+    make_app: Callable[..., Flask], make_key: Callable[..., str], r: redis.Redis
+) -> None:
+    app = make_app()
+    secret = make_key(rate_limit="100000/minute")
+    app.test_client().get(ME, headers=bearer(secret))
+    record = keys.lookup(r, secret, pepper(app))
+    assert record is not None
+    counter = redis_key("ratelimit", STRATEGY, f"key:{record['id']}", 60)
+    time.sleep(0.2)  # later than the lease, by more than the return's tolerance ...
+    r.set(counter, 5, px=60_000)  # ... the window ended and a new one (5 used) began
+    state(app).leases.sweep(everything=True)
+    assert int(r.get(counter)) == 5
+
+
+@pytest.mark.gunicorn
+def test_leases_across_four_workers_never_exceed_the_limit_and_lose_nothing(
+    gunicorn: Callable[..., GunicornServer], make_key: Callable[..., str], r: redis.Redis, app: Flask
+) -> None:
+    limit = 600  # large enough to lease while more than 128 are left
+    server = gunicorn(workers=4)
+    secret = make_key(rate_limit=f"{limit}/minute")
+
+    def one(_: int) -> int:
+        with requests.Session() as session:
+            return session.get(server.url + "/auth/me", headers=bearer(secret), timeout=10).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        burst = Counter(pool.map(one, range(900)))
+    assert burst[200] <= limit and burst[200] + burst[429] == 900
+    # Within LEASE_SECONDS plus a sweep, every unit a worker did not hand out is back.
+    deadline = time.monotonic() + leases.LEASE_SECONDS + 3
+    while rate_counter(r, app, secret) != burst[200] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rate_counter(r, app, secret) == burst[200]
+    # So the rest of the limit is still there, exactly: no more, no less. (A 429 may come
+    # while another worker holds unused units; it holds them for LEASE_SECONDS at most.)
+    more = 0
+    with requests.Session() as session:
+        while True:
+            if session.get(server.url + "/auth/me", headers=bearer(secret), timeout=10).status_code == 200:
+                more += 1
+                continue
+            time.sleep(leases.LEASE_SECONDS + 1)  # let every worker's sweeper give back
+            if session.get(server.url + "/auth/me", headers=bearer(secret), timeout=10).status_code != 200:
+                break
+            more += 1
+    assert burst[200] + more == limit
