@@ -89,12 +89,23 @@ def digest(secret: str, pepper: bytes) -> str:
 
 
 def digester(pepper: bytes) -> Callable[[str], str]:
-    """``digest`` with the pepper's HMAC key schedule done once: each call copies it (faster)."""
-    keyed = hmac.new(pepper, digestmod=hashlib.sha256)
+    """``digest`` with the pepper's part of HMAC (RFC 2104) done once per app.
+
+    HMAC-SHA256 is H((K ^ opad) || H((K ^ ipad) || m)): the two keyed SHA-256
+    states are computed here, and each call copies them, all in C. Same value as
+    ``digest`` (tested), for about half the cost of the ``hmac`` module's object.
+    """
+    block = hashlib.sha256().block_size
+    secret_key = hashlib.sha256(pepper).digest() if len(pepper) > block else pepper
+    secret_key = secret_key.ljust(block, b"\0")
+    inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in secret_key))
+    outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in secret_key))
 
     def digest_with_pepper(secret: str) -> str:
-        mac = keyed.copy()
-        mac.update(secret.encode())
+        inner_mac = inner.copy()
+        inner_mac.update(secret.encode())
+        mac = outer.copy()
+        mac.update(inner_mac.digest())
         return mac.hexdigest()
 
     return digest_with_pepper

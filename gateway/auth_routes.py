@@ -109,7 +109,7 @@ def me() -> Response:
 
 
 @functools.lru_cache(maxsize=1024)
-def _identity_body(identity: Identity) -> str:
+def _identity_body(identity: Identity) -> bytes:
     # The hottest authenticated route: an identity's answer is the same until the key
     # changes (a changed key is a new Identity), so it is encoded once, as jsonify would.
-    return current_app.json.dumps(identity.as_json(), indent=None, separators=(",", ":")) + "\n"
+    return (current_app.json.dumps(identity.as_json(), indent=None, separators=(",", ":")) + "\n").encode()

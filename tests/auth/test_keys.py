@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 
 import pytest
@@ -30,6 +32,13 @@ def test_checksum_rejects_a_mistyped_key() -> None:
     assert not keys.looks_valid(typo)
     assert not keys.looks_valid(secret[:-1])
     assert not keys.looks_valid("sk_" + secret[3:])
+
+
+@pytest.mark.parametrize("pepper", [b"", b"short", b"k" * 64, b"long" * 40, PEPPER])
+def test_the_precomputed_digester_matches_hmac_sha256(pepper: bytes) -> None:
+    digest = keys.digester(pepper)
+    for secret in ("rgw_" + "a" * 36, "", "é-non-ascii", "x" * 500):
+        assert digest(secret) == hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
 
 
 def test_only_a_keyed_digest_is_stored(r: redis.Redis) -> None:
