@@ -83,8 +83,9 @@ class Lease:
         """One unit: the counts and seconds-to-reset the request's headers describe."""
         self.units -= 1
         elapsed = now - self.taken_at
-        counts = tuple(count - self.units for count in self.counts)
-        return counts, tuple(max(0.0, ttl / 1000 - elapsed) for ttl in self.ttls_ms)
+        left = self.units
+        counts = tuple([count - left for count in self.counts])
+        return counts, tuple([max(0.0, ttl / 1000 - elapsed) for ttl in self.ttls_ms])
 
     def same_windows(self, newer: Lease) -> bool:
         """True when ``newer`` was counted in the same windows as this lease."""

@@ -221,8 +221,10 @@ def finish_request(response: Response) -> Response:
     """after_request: return the id and write the access line (health probes excepted)."""
     rid = g.get("request_id")
     if rid:
-        # Appended, not set: nothing else writes this header, and set() scans every header.
-        response.headers.add(REQUEST_ID_HEADER, rid)
+        # Appended to the list, not set() (which scans every header) nor add() (which
+        # validates): nothing else writes this header, and the id is checked plain
+        # (_REQUEST_ID) or made here.
+        response.headers._list.append((REQUEST_ID_HEADER, rid))  # type: ignore[attr-defined]
     if request.endpoint not in HEALTH_ENDPOINTS:
         _log_access(response)
     return response

@@ -128,7 +128,7 @@ class Policy:
         return cls(name, kind, item, subject, window, redis_key, f'"{name}";q={item.amount};w={window}')
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per request: a frozen dataclass's __init__ is slower
 class Decision:
     """Every policy of a request with its count and seconds to reset; ``breached`` indexes one."""
 
@@ -476,7 +476,7 @@ def _exempt() -> bool:
 
 
 def _request_policies() -> Sequence[Policy]:
-    if access_for(request.endpoint).public:
+    if access_for(request._get_current_object().endpoint).public:  # type: ignore[attr-defined]
         return _anonymous_policies()
     # Resolving the identity here (before the access guard) lets a wrong key fall
     # through to the per-IP limit, so its 401s are counted.

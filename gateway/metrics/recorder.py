@@ -75,9 +75,14 @@ class Recorder:
     def add(self, counters: dict[str, int], sums: dict[str, float] | None = None) -> None:
         self._after_fork()
         with self.lock:
-            self.counters.update(counters)
+            # Plain loops: Counter.update first asks isinstance(.., Mapping), an ABC check.
+            totals = self.counters
+            for name, count in counters.items():
+                totals[name] = totals.get(name, 0) + count
             if sums:
-                self.sums.update(sums)
+                seconds = self.sums
+                for name, value in sums.items():
+                    seconds[name] = seconds.get(name, 0.0) + value
         _ensure_flusher()
 
     def streams(self, delta: int) -> None:
