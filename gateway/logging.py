@@ -270,13 +270,11 @@ def _log_access(response: Response) -> None:
         f', "duration_ms": {_json_or_null(duration)}, "remote_addr": {_json_or_null(req.remote_addr)}'
         f', "identity": {_json_or_null(identity)}}}\n'
     )
-    handler.acquire()
+    # No handler lock: the batch has its own, and each write is one whole line or batch.
     try:
         _batch.write(line)
     except Exception:  # a log write must not fail the request: report it as logging does
         handler.handleError(logging.makeLogRecord({"name": ACCESS_LOGGER, "msg": "request"}))
-    finally:
-        handler.release()
 
 
 _ACCESS_HEAD = _encode({"level": "INFO", "logger": ACCESS_LOGGER, "message": "request"})[1:-1]
