@@ -170,3 +170,22 @@ def test_leases_across_four_workers_never_exceed_the_limit_and_lose_nothing(
                 break
             more += 1
     assert burst[200] + more == limit
+
+
+@pytest.mark.gunicorn
+def test_batched_access_lines_and_leases_are_flushed_by_a_graceful_stop(
+    gunicorn: Callable[..., GunicornServer], make_key: Callable[..., str], r: redis.Redis, app: Flask
+) -> None:
+    # Production's batching, with a flush interval longer than the test: only exit flushes.
+    server = gunicorn(workers=1, env={"ACCESS_LOG_FLUSH_MS": "600000"})
+    secret = make_key(rate_limit="100000/minute")
+    with requests.Session() as session:
+        for _ in range(5):
+            assert session.get(server.url + "/auth/me", headers=bearer(secret), timeout=10).status_code == 200
+    assert rate_counter(r, app, secret) == 32  # one lease, 27 units unused
+    assert server.log_path is not None
+    log_path = server.log_path
+    server.stop()  # SIGTERM: gunicorn's graceful shutdown runs the worker's exit handlers
+    lines = [line for line in log_path.read_text().splitlines() if '"gateway.access"' in line]
+    assert len([line for line in lines if '"/auth/me"' in line]) == 5
+    assert rate_counter(r, app, secret) == 5  # the unused units went back at exit
