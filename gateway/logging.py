@@ -126,7 +126,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 class _AccessBatch:
     """Access lines, written to stderr in batches every ``flush_ms`` (0: each line at once).
 
-    One write(2) per line was a tenth of a secured request's CPU. Batching as nginx's
+    One write(2) per line was about 5% of a secured request's CPU. Batching as nginx's
     ``access_log ... buffer= flush=`` does trades that for at most ``flush_ms`` of
     delay, and, if a worker is killed outright, at most that much of its access lines.
     A batch never exceeds PIPE_BUF bytes, so one write is atomic on a pipe and lines of
@@ -189,6 +189,7 @@ def _write_stderr(data: str) -> None:
 
 
 # Lines of up to this size are written atomically to a pipe (POSIX PIPE_BUF, Linux's value).
+# Access lines are ASCII (the JSON is escaped), so their length in characters is in bytes.
 PIPE_BUF = 4096
 IDLE_FLUSH_MS = 100
 _batch = _AccessBatch()

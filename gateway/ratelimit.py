@@ -1,4 +1,5 @@
-"""Rate limits and quotas: every limit of a request decided, and its headers read, in ONE Redis call.
+"""Rate limits and quotas: every limit of a request decided, and its headers read, in ONE Redis
+call, or in none while the worker holds a lease on a large limit (gateway/leases.py).
 
 Who is counted (CONTRACT section 5):
 
