@@ -105,8 +105,8 @@ class LeaseBook:
     """One worker's live leases, keyed by the request's policy tuple.
 
     The policy tuples are the limiter's cached objects, so a lookup hashes a few
-    object ids. Under gevent nothing here yields, so no lock is needed on the
-    hot path; the lock orders the sweeper against threaded workers.
+    object ids. Nothing here yields under gevent, so the lock is never contended
+    there; it orders the sweeper against the requests of threaded workers.
     """
 
     def __init__(self, give_back: Callable[[list[Lease]], None]) -> None:
@@ -145,6 +145,8 @@ class LeaseBook:
 
     def sweep(self, *, everything: bool = False) -> None:
         """Give back the unused units of every ended lease (of every lease, at exit)."""
+        if self.sweeper_pid != forks.pid():
+            return  # nothing leased here, or a forked child's copy of its parent's leases
         now = time.monotonic()
         with self.lock:
             ended = [k for k, lease in self.live.items() if everything or now >= lease.expires_at]
@@ -166,6 +168,7 @@ class LeaseBook:
             if self.sweeper_pid == forks.pid():
                 return
             self.live.clear()  # a forked child does not own its parent's leases
+            self.ended = []
             self.sweeper_pid = forks.pid()
         threading.Thread(target=self._loop, name="ratelimit-leases", daemon=True).start()
         atexit.register(self.sweep, everything=True)

@@ -153,7 +153,8 @@ class _AccessBatch:
             self.size += len(line)
 
     def flush(self) -> None:
-        if self.lines:
+        # Lines held at a fork are the parent's to write, not a forked child's.
+        if self.lines and self.flusher_pid == forks.pid():
             with self.lock:
                 self._flush_locked()
 

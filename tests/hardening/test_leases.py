@@ -189,3 +189,18 @@ def test_batched_access_lines_and_leases_are_flushed_by_a_graceful_stop(
     lines = [line for line in log_path.read_text().splitlines() if '"gateway.access"' in line]
     assert len([line for line in lines if '"/auth/me"' in line]) == 5
     assert rate_counter(r, app, secret) == 5  # the unused units went back at exit
+
+
+def test_a_forked_child_never_gives_back_its_parents_leases(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import forks
+
+    given: list[list[leases.Lease]] = []
+    book = leases.LeaseBook(given.append)
+    now = time.monotonic()
+    book.add(("policies",), leases.Lease(("k",), 5, (10,), (60_000,), now, now))  # already ended
+    monkeypatch.setattr(forks, "_pid", forks.pid() + 1)  # as seen from a forked child
+    book.sweep(everything=True)
+    assert given == []
+    monkeypatch.undo()
+    book.sweep(everything=True)  # the parent itself still gives them back
+    assert [lease.units for lease in given[0]] == [5]
