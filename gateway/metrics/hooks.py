@@ -1,4 +1,4 @@
-"""Per-request timing and counting: the app's own caller of ``recorder.record_request``."""
+"""Per-request timing and counting into the app's recorder (``Recorder.request``)."""
 
 from __future__ import annotations
 

@@ -184,13 +184,6 @@ def current() -> Recorder | None:
 # ---- the interface other areas call (CONTRACT of the helpers) ----
 
 
-def record_request(route: str, method: str, status: int, seconds: float) -> None:
-    """Count one answered request by route template, method and status, with its latency."""
-    recorder = current()
-    if recorder is not None:
-        recorder.request(route, method, status, seconds)
-
-
 @functools.lru_cache(maxsize=4096)
 def _request_fields(route: str, method: str, status: int, bucket: int) -> tuple[dict[str, int], str]:
     """The counter deltas and the latency-sum field of one answer (cached: the same few recur;
