@@ -138,14 +138,16 @@ class Decision:
     resets: tuple[float, ...]
     breached: int | None
 
-    def remaining(self, i: int) -> int:
-        return max(0, self.policies[i].item.amount - self.counts[i])
+    def left(self) -> list[int]:
+        """Each policy's remaining requests."""
+        return [max(0, p.item.amount - c) for p, c in zip(self.policies, self.counts, strict=True)]
 
-    def headline(self) -> int:
+    def headline(self, left: list[int] | None = None) -> int:
         """The policy the X-RateLimit-* headers describe: the breached one, else the scarcest."""
         if self.breached is not None:
             return self.breached
-        return min(range(len(self.policies)), key=self.remaining)
+        left = self.left() if left is None else left
+        return left.index(min(left))
 
     def retry_after(self) -> int:
         return max(1, math.ceil(self.resets[self.headline()]))
@@ -156,8 +158,8 @@ class Decision:
     def header_items(self) -> list[tuple[str, str]]:
         """The rate-limit headers of this decision, in order (built on every limited answer)."""
         policies, resets = self.policies, self.resets
-        left = [max(0, p.item.amount - c) for p, c in zip(policies, self.counts, strict=True)]
-        i = self.breached if self.breached is not None else left.index(min(left))  # = headline()
+        left = self.left()
+        i = self.headline(left)
         state = [f'"{p.name}";r={left[n]};t={math.ceil(resets[n])}' for n, p in enumerate(policies)]
         items = [
             (HEADER_LIMIT, str(policies[i].item.amount)),
