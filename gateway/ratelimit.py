@@ -21,9 +21,12 @@ the request, refuses when any is spent, otherwise increments them all, and
 returns each count and time-to-reset, which is what the headers need.
 
 Fixed windows: a window starts with its first hit and lasts the limit's period.
-Counters are keyed by subject and window length, not by amount, so lowering a
-key's limit applies to the count already made; the strategy name is part of the
-key, so a future strategy never reads a counter of another shape.
+Each policy has a counter of its own, named by subject, kind, amount and window
+(``gw:ratelimit:fw:key:<id>:quota:100:3600``): a rate and a quota of the same
+window, or two amounts of one window, are counted apart, so each holds exactly.
+A changed limit is a new policy and starts a counter of its own (the old one
+runs out with its window). The strategy name is part of the key, so a future
+strategy never reads a counter of another shape.
 """
 
 from __future__ import annotations
@@ -125,8 +128,14 @@ class Policy:
     @classmethod
     def build(cls, name: str, kind: str, item: RateLimitItem, subject: str) -> Policy:
         window = int(item.get_expiry())
-        redis_key = key("ratelimit", STRATEGY, subject, window)
+        redis_key = counter_key(subject, kind, item.amount, window)
         return cls(name, kind, item, subject, window, redis_key, f'"{name}";q={item.amount};w={window}')
+
+
+def counter_key(subject: str, kind: str, amount: int, window: int) -> str:
+    """The Redis key counting one policy: which policy it is, not only which window, so
+    policies never share a counter."""
+    return key("ratelimit", STRATEGY, subject, kind, amount, window)
 
 
 @dataclass(slots=True)  # one per request: a frozen dataclass's __init__ is slower
@@ -188,10 +197,18 @@ def parse_limit_items(value: str) -> tuple[RateLimitItem, ...]:
 @functools.lru_cache(maxsize=4096)
 def _policies(kind: str, value: str, subject: str) -> tuple[Policy, ...]:
     """The policies of one limit string on one subject (cached: the hot path rebuilds none)."""
-    items = parse_limit_items(value)
+    # A limit written twice is one policy (its counter would otherwise be taken twice).
+    items = list({(i.amount, int(i.get_expiry())): i for i in parse_limit_items(value)}.values())
     if len(items) == 1:
         return (Policy.build(kind, kind, items[0], subject),)
-    return tuple(Policy.build(f"{kind}-{int(item.get_expiry())}s", kind, item, subject) for item in items)
+    windows = [int(item.get_expiry()) for item in items]
+    return tuple(Policy.build(_policy_name(kind, item, windows), kind, item, subject) for item in items)
+
+
+def _policy_name(kind: str, item: RateLimitItem, windows: list[int]) -> str:
+    # Named by window, and by amount too where one window has two amounts (headers tell them apart).
+    window = int(item.get_expiry())
+    return f"{kind}-{window}s" if windows.count(window) == 1 else f"{kind}-{item.amount}-{window}s"
 
 
 def _anonymous_policies() -> Sequence[Policy]:
