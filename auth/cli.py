@@ -107,6 +107,9 @@ def list_keys(as_json: bool) -> None:
             f"  created {v['created_at']}  expires {v['expires_at'] or 'never'}"
             f"  last used {v['last_used_at'] or 'never'}"
         )
+        # The replaced secret still in its grace period, so nobody forgets it still works.
+        for secret in v["secrets"][1:]:
+            click.echo(f"    also live: {secret['prefix']}...{secret['last4']} until {secret['expires_at']}")
 
 
 @keys_cli.command("revoke")

@@ -7,6 +7,12 @@ stored; the secret itself is shown once and never kept.
 
 Redis layout: ``gw:keys:record:<id>`` (hash, kept forever for audit),
 ``gw:keys:digest:<hmac>`` -> id (the look-up), ``gw:keys:index`` (zset of ids).
+
+A key has at most two live secrets: its current one (``digest``) and, for the
+grace period a rotation asked for, the one that rotation replaced
+(``prev_digest`` until ``prev_expires_ts``). The record is the authority: the
+look-up script accepts a digest only when the record names it, so a look-up
+left behind by anything can never bring an older secret back.
 """
 
 from __future__ import annotations
@@ -48,6 +54,17 @@ PUBLIC_FIELDS = (
     "revoked_at",
     "rotated_at",
     "created_by",
+)
+
+
+# Record fields of the secret a rotation replaced and left live for its grace period.
+_PREV_FIELDS = (
+    "prev_digest",
+    "prev_prefix",
+    "prev_last4",
+    "prev_created_at",
+    "prev_expires_at",
+    "prev_expires_ts",
 )
 
 
@@ -148,7 +165,32 @@ def public_view(record: dict[str, Any]) -> dict[str, Any]:
     """What people and clients may see of a key record."""
     view = {name: record.get(name) for name in PUBLIC_FIELDS}
     view["status"] = key_status(record)
+    view["secrets"] = live_secrets(record)
     return view
+
+
+def live_secrets(record: dict[str, Any], now: float | None = None) -> list[dict[str, Any]]:
+    """The secrets that work now, newest first: prefix, last four, since and until (None: the
+    key's own life). Never a digest. Empty for a revoked or expired key."""
+    if key_status(record, now) != "active" or not record.get("digest"):
+        return []
+    key_end = record.get("expires_at")
+    current = {
+        "prefix": record.get("prefix"),
+        "last4": record.get("last4"),
+        "created_at": record.get("rotated_at") or record.get("created_at"),
+        "expires_at": key_end,
+    }
+    prev_end = record.get("prev_expires_at")
+    if not record.get("prev_digest") or not prev_end or _parse_iso(prev_end) <= (now or time.time()):
+        return [current]
+    previous = {
+        "prefix": record.get("prev_prefix"),
+        "last4": record.get("prev_last4"),
+        "created_at": record.get("prev_created_at"),
+        "expires_at": min(prev_end, key_end) if key_end else prev_end,  # same ISO format: sortable
+    }
+    return [current, previous]
 
 
 def secret_view(record: dict[str, Any], secret: str) -> dict[str, Any]:
@@ -176,9 +218,13 @@ def key_status(record: dict[str, Any], now: float | None = None) -> str:
     return "active"
 
 
-def key_expires_ts(record: dict[str, Any]) -> float | None:
-    """The key's expiry as epoch seconds, or None when it never expires."""
-    return _parse_iso(record["expires_at"]) if record.get("expires_at") else None
+def key_expires_ts(record: dict[str, Any], key_digest: str | None = None) -> float | None:
+    """When the key (or, given its digest, the replaced secret in its grace) stops working,
+    as epoch seconds; None when it never does."""
+    ends = [_parse_iso(record["expires_at"])] if record.get("expires_at") else []
+    if key_digest is not None and key_digest != record.get("digest") and record.get("prev_expires_at"):
+        ends.append(_parse_iso(record["prev_expires_at"]))
+    return min(ends) if ends else None
 
 
 def _secret_fields(secret: str, pepper: bytes) -> dict[str, str]:
@@ -249,17 +295,24 @@ def list_keys(r: redis.Redis) -> list[dict[str, Any]]:
     return [_decode(raw) for raw in pipe.execute() if raw]
 
 
-# One round trip for every look-up. Revocation and expiry are decided inside
-# Redis, and an unknown key runs the same commands (on an empty record name), so
-# unknown, revoked and expired keys all come back as the same nil reply after the
-# same work: the same answer in the same time, with no record on the wire.
+# One round trip for every look-up. Revocation, expiry and which secrets are live
+# are decided inside Redis, and an unknown key runs the same commands (on an empty
+# record name), so unknown, revoked, expired and replaced secrets all come back as
+# the same nil reply after the same work: the same answer in the same time, with
+# no record on the wire. ARGV[2] is the presented digest: the record must name it
+# as its current secret or as the replaced one still within its grace.
 _LOOKUP_SCRIPT = """
 local id = redis.call('GET', KEYS[1]) or ''
-local state = redis.call('HMGET', ARGV[1] .. id, 'revoked_at', 'expires_ts')
+local state = redis.call('HMGET', ARGV[1] .. id, 'revoked_at', 'expires_ts', 'digest', 'prev_digest',
+  'prev_expires_ts')
 local now = tonumber(redis.call('TIME')[1])
 local live = id ~= '' and state[1] == ''
 local expires = tonumber(state[2] or '')
 if expires and expires <= now then live = false end
+if state[3] ~= ARGV[2] then
+  local grace_end = tonumber(state[5] or '')
+  if state[4] ~= ARGV[2] or not grace_end or grace_end <= now then live = false end
+end
 if not live then return false end
 return redis.call('HGETALL', ARGV[1] .. id)
 """
@@ -272,7 +325,7 @@ def lookup(r: redis.Redis, secret: str, pepper: bytes) -> dict[str, Any] | None:
 
 def lookup_digest(r: redis.Redis, key_digest: str) -> dict[str, Any] | None:
     """:func:`lookup` for a key whose digest the caller has already computed."""
-    flat = r.eval(_LOOKUP_SCRIPT, 1, digest_key(key_digest), record_key(""))
+    flat = r.eval(_LOOKUP_SCRIPT, 1, digest_key(key_digest), record_key(""), key_digest)
     if not flat:
         return None
     record = _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
@@ -288,16 +341,42 @@ def touch(r: redis.Redis, key_id: str) -> None:
 def revoke_key(r: redis.Redis, key_id: str) -> dict[str, Any] | None:
     """Mark a key revoked (idempotent); None when it does not exist.
 
-    The digest look-up is kept, so a revoked key costs the same look-up as any
-    other; sweep_expired() removes it later. The record is kept for audit.
+    Every secret ends at once: the look-up script refuses all of a revoked key's
+    digests. The current digest's look-up is kept, so a revoked key costs the same
+    look-up as any other (sweep_expired() removes it later); the one of a secret in
+    its grace period is removed now. The record is kept for audit.
     """
     record = get_key(r, key_id)
     if record is None:
         return None
     if not record.get("revoked_at"):
         record["revoked_at"] = now_iso()
-        r.hset(record_key(key_id), "revoked_at", record["revoked_at"])
+        pipe = r.pipeline(transaction=True)
+        pipe.hset(record_key(key_id), mapping={"revoked_at": record["revoked_at"], **_no_previous()})
+        if record.get("prev_digest"):
+            pipe.delete(digest_key(record["prev_digest"]))
+        pipe.execute()
+        record.update(_no_previous())
     return record
+
+
+def _no_previous() -> dict[str, str]:
+    return dict.fromkeys(_PREV_FIELDS, "")
+
+
+def _previous_fields(raw: dict[str, str], grace_seconds: int) -> dict[str, str]:
+    """The replaced secret's fields: live for ``grace_seconds``, or none at all."""
+    if grace_seconds <= 0:
+        return _no_previous()
+    ends = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=grace_seconds)
+    return {
+        "prev_digest": raw["digest"],
+        "prev_prefix": raw.get("prefix", ""),
+        "prev_last4": raw.get("last4", ""),
+        "prev_created_at": raw.get("rotated_at") or raw.get("created_at", ""),
+        "prev_expires_at": _iso(ends),
+        "prev_expires_ts": str(int(ends.timestamp())),
+    }
 
 
 def rotate_key(
@@ -305,9 +384,11 @@ def rotate_key(
 ) -> tuple[dict[str, Any], str] | None:
     """Give an active key a new secret; the old one stays valid ``grace_seconds`` more.
 
+    Every earlier secret ends now, including one still in the grace of an earlier
+    rotation: at most the new secret and the one just replaced are ever live.
     Returns (record, new secret), None for an unknown key; raises KeyStateError
     for a revoked or expired one. WATCH makes two concurrent rotations of one key
-    fail cleanly instead of leaving two live secrets.
+    fail cleanly instead of leaving three live secrets.
     """
     with r.pipeline(transaction=True) as pipe:
         pipe.watch(record_key(key_id))
@@ -318,13 +399,16 @@ def rotate_key(
         if key_status(record) != "active":
             raise KeyStateError(f"key {key_id} is {key_status(record)} and cannot be rotated")
         secret = generate_secret()
-        fields = {**_secret_fields(secret, pepper), "rotated_at": now_iso()}
+        previous = _previous_fields(raw, grace_seconds)
+        fields = {**_secret_fields(secret, pepper), "rotated_at": now_iso(), **previous}
         pipe.multi()
         pipe.hset(record_key(key_id), mapping=fields)
         pipe.set(digest_key(fields["digest"]), key_id)
+        if raw.get("prev_digest"):
+            pipe.delete(digest_key(raw["prev_digest"]))
         old = digest_key(raw["digest"])
-        if grace_seconds > 0:
-            pipe.expire(old, grace_seconds)
+        if previous["prev_digest"]:
+            pipe.expireat(old, int(previous["prev_expires_ts"]))
         else:
             pipe.delete(old)
         try:
@@ -352,7 +436,9 @@ def sweep_expired(r: redis.Redis, *, older_than_days: int = SWEEP_AFTER_DAYS) ->
             continue
         pipe = r.pipeline(transaction=True)
         pipe.delete(digest_key(record["digest"]))
-        pipe.hset(record_key(record["id"]), "digest", "")
+        if record.get("prev_digest"):
+            pipe.delete(digest_key(record["prev_digest"]))
+        pipe.hset(record_key(record["id"]), mapping={"digest": "", **_no_previous()})
         pipe.execute()
         swept += 1
     return swept

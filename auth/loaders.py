@@ -74,7 +74,7 @@ def resolve_key(secret: str) -> Identity | None:
         if record is None:
             return None  # not cached: unknown, revoked and expired keys all pay the same look-up
         identity = identity_from_record(record)
-        cache.put(key_digest, identity, keys.key_expires_ts(record))
+        cache.put(key_digest, identity, keys.key_expires_ts(record, key_digest))
     if cache.should_touch(identity.id):
         keys.touch(get_redis(), identity.id)
     return identity

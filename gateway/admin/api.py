@@ -60,6 +60,15 @@ class AuditQuery(Schema):
     limit: int = Field(default=100, ge=1, le=1000)
 
 
+class SecretView(BaseModel):
+    """A secret that works now: never the secret itself nor its digest."""
+
+    prefix: str
+    last4: str
+    created_at: str
+    expires_at: str | None = Field(description="When it stops working; null: when the key does")
+
+
 class KeyView(BaseModel):
     id: str
     name: str
@@ -75,6 +84,10 @@ class KeyView(BaseModel):
     rotated_at: str | None
     created_by: str | None
     status: str
+    secrets: list[SecretView] = Field(
+        description="Live secrets, newest first: the current one and, during a rotation's grace "
+        "period, the one it replaced"
+    )
 
 
 class KeySecretView(BaseModel):

@@ -154,3 +154,26 @@ def test_revocation_rotation_and_no_secrets_anywhere(
         assert password not in stored and password not in logs
     cookie = browser.cookies.get("gw_session")
     assert cookie and cookie not in stored and cookie not in logs
+
+
+@pytest.mark.gunicorn
+def test_every_worker_ends_older_secrets_at_each_rotation_and_all_at_revocation(
+    gunicorn: Callable[..., GunicornServer], runner: FlaskCliRunner
+) -> None:
+    url = gunicorn(workers=2).url
+    first = _cli_json(runner, "keys", "create", "--name", "chain")
+    second = _cli_json(runner, "keys", "rotate", first["id"], "--grace-seconds", "600")
+    assert set(_statuses(url, first["key"])) == {200}  # the graced secret is warm in every worker
+    assert set(_statuses(url, second["key"])) == {200}
+    third = _cli_json(runner, "keys", "rotate", first["id"])  # no grace: both earlier secrets end
+    changed = time.monotonic()
+    assert set(_statuses(url, third["key"])) == {200}
+    _assert_refused_everywhere_after(changed, url, first["key"])
+    _assert_refused_everywhere_after(changed, url, second["key"])
+
+    fourth = _cli_json(runner, "keys", "rotate", first["id"], "--grace-seconds", "600")
+    assert set(_statuses(url, third["key"])) == {200} and set(_statuses(url, fourth["key"])) == {200}
+    assert runner.invoke(args=["keys", "revoke", first["id"]]).exit_code == 0
+    changed = time.monotonic()
+    _assert_refused_everywhere_after(changed, url, third["key"])
+    _assert_refused_everywhere_after(changed, url, fourth["key"])

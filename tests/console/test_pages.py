@@ -217,3 +217,13 @@ def test_console_login_shares_the_login_rate_limit(console: Console, admin_user:
     statuses = [console.log_in(password=f"wrong password {n}").status_code for n in range(6)]
     assert statuses[:5] == [401] * 5
     assert statuses[5] == 429
+
+
+def test_key_list_shows_the_secret_still_in_its_grace(
+    logged_in: Console, app: Flask, r: redis.Redis
+) -> None:
+    record, old = keys.create_key(r, pepper=pepper(app), name="graced", scopes=["agents:read"])
+    keys.rotate_key(r, record["id"], pepper=pepper(app), grace_seconds=600)
+    html = logged_in.get("/admin/").get_data(as_text=True)
+    assert f"also live: <span class=\"mono\">{old[:8]}…{old[-4:]}</span> until" in html
+    assert old not in html
