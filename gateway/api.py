@@ -22,11 +22,11 @@ from flask import request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.errors import APIError
+from gateway.strict_json import NO_JSON
 
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=BaseModel)
 ENDPOINT_ATTR = "_gateway_endpoint"
-NO_JSON = "No JSON data provided"
 
 
 class Schema(BaseModel):
@@ -92,15 +92,26 @@ def validate(model: type[M], data: Any) -> M:
         raise APIError(400, _message_for(model, exc.errors()[0])) from None
 
 
-def parse_json(model: type[M]) -> M:
-    """The request body as ``model``: 415 when it is not JSON, 400 when it is missing or invalid."""
+def json_object() -> dict[str, Any]:
+    """The request body as a non-empty JSON object.
+
+    415 when a body is sent as another type; 400 when it is missing, not strict JSON
+    (gateway.strict_json, the app's one parser), or not an object with members.
+    """
     raw = request.get_data(cache=True)
-    if raw.strip() and not request.is_json:
-        raise APIError(415, "Unsupported Media Type")
-    data = request.get_json(silent=True) if raw.strip() else None
-    if not isinstance(data, dict) or not data:
+    if not raw.strip():
         raise APIError(400, NO_JSON)
-    return validate(model, data)
+    if not request.is_json:
+        raise APIError(415, "Unsupported Media Type")
+    data = request.get_json()  # strict; a refusal raises the 400 with its reason
+    if not isinstance(data, dict) or not data:
+        raise APIError(400, NO_JSON)  # the FastAPI-era answer for `{}` and non-objects alike
+    return data
+
+
+def parse_json(model: type[M]) -> M:
+    """The request body (see :func:`json_object`) validated as ``model``."""
+    return validate(model, json_object())
 
 
 def parse_query(model: type[M]) -> M:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from auth import authenticated, current_identity, public, users
 from auth.identity import Identity
 from auth.login import log_in, log_out
-from gateway.api import NO_JSON, Schema, endpoint, validate
+from gateway.api import Schema, endpoint, json_object, validate
 from gateway.errors import APIError
 from gateway.ratelimit import login_limit
 
@@ -47,10 +47,7 @@ class LogoutView(BaseModel):
 
 def _login_body() -> LoginBody:
     if request.is_json:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict) or not data:
-            raise APIError(400, NO_JSON)
-        return validate(LoginBody, data)
+        return validate(LoginBody, json_object())
     return validate(LoginBody, request.form.to_dict())
 
 

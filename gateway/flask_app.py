@@ -1,4 +1,7 @@
-"""The gateway's Flask and Response classes: Flask's, minus two costs paid on every request."""
+"""The gateway's Flask and Response classes: Flask's, minus two costs paid on every request.
+
+Request JSON is parsed, and answers serialized, only by :mod:`gateway.strict_json`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from typing import Any
 
 from flask import Flask, Response
 from werkzeug.datastructures import Headers
+
+from gateway.strict_json import StrictJSONProvider, StrictRequest
 
 # Headers whose presence makes Werkzeug rewrite an answer's headers (see get_wsgi_headers).
 _REWRITTEN = frozenset({"location", "content-location"})
@@ -31,7 +36,7 @@ class GatewayResponse(Response):
 
 
 class Gateway(Flask):
-    """Flask, with cheaper answers (GatewayResponse) and hook calls.
+    """Flask, with cheaper answers (GatewayResponse) and hook calls, and strict JSON both ways.
 
     Whether a hook or view is a coroutine is found out once.
 
@@ -40,6 +45,8 @@ class Gateway(Flask):
     """
 
     response_class = GatewayResponse
+    request_class = StrictRequest
+    json_provider_class = StrictJSONProvider
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
