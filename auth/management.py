@@ -16,6 +16,7 @@ from limits import parse_many
 from auth import audit, keys, users
 from auth.audit import Actor
 from auth.scopes import validate_scopes
+from gateway.echo import clip
 
 MAX_NAME_LENGTH = 100
 MAX_EXPIRES_IN_DAYS = 3650
@@ -38,7 +39,7 @@ def validate_limit(field: str, value: str | None) -> str | None:
             return value.strip()
     except ValueError:
         pass
-    raise ValueError(f"{field} must be a limit such as '100/minute' or '10000/day', got {value!r}")
+    raise ValueError(f"{field} must be a limit such as '100/minute' or '10000/day', got {clip(value)!r}")
 
 
 def validate_expires_in_days(value: int | None) -> int | None:

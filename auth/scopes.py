@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gateway.echo import clip
+
 AGENTS_READ = "agents:read"
 AGENTS_WRITE = "agents:write"
 JOBS_READ = "jobs:read"
@@ -32,5 +34,5 @@ def validate_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Return the scopes de-duplicated in canonical order, or raise ValueError naming an unknown one."""
     unknown = [s for s in scopes if s not in ALL_SCOPES]
     if unknown:
-        raise ValueError(f"unknown scope {unknown[0]!r}; known scopes: {', '.join(ALL_SCOPES)}")
+        raise ValueError(f"unknown scope {clip(unknown[0])!r}; known scopes: {', '.join(ALL_SCOPES)}")
     return tuple(s for s in ALL_SCOPES if s in scopes)

@@ -21,12 +21,15 @@ from typing import Any, ClassVar, TypeVar
 from flask import request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from gateway.echo import clip
 from gateway.errors import APIError
 from gateway.strict_json import NO_JSON
 
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=BaseModel)
 ENDPOINT_ATTR = "_gateway_endpoint"
+# Longest validation detail sent back: room for a clipped quote and a list of allowed values.
+MAX_DETAIL = 256
 
 
 class Schema(BaseModel):
@@ -80,8 +83,9 @@ def _message_for(model: type[BaseModel], error: Mapping[str, Any]) -> str:
     specific = messages.get((name, error["type"])) or messages.get(name)
     if specific:
         return specific
-    where = ".".join(str(part) for part in loc)
-    return f"{where}: {error['msg']}"
+    # Both may quote the client (an unknown field's name, a validator's "got '...'"): bounded.
+    where = ".".join(clip(part) for part in loc)
+    return f"{where}: {clip(error['msg'], limit=MAX_DETAIL)}"
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -30,7 +30,8 @@ from gateway.health import HEALTH_ENDPOINTS
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _random_bits = random.getrandbits
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# CONTRACT section 8. fullmatch, not `^...$`: `$` also matches before a trailing newline.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # API keys (auth.keys format), bearer credentials and key=value secrets in free text.
 _SECRETS = re.compile(
     r"rgw_[A-Za-z0-9]{4,}|(?i:bearer)\s+\S+|(?i:(?:api[_-]?key|password|secret|token)[\"']?\s*[:=]\s*)\S+"
@@ -216,7 +217,7 @@ def start_request() -> None:
     offered = request.environ.get("HTTP_X_REQUEST_ID")
     # An id needs to be unique, not secret: the process's PRNG (reseeded in every forked
     # worker) instead of a getrandom() system call on every request.
-    ctx.request_id = offered if offered and _REQUEST_ID.match(offered) else f"{_random_bits(128):032x}"
+    ctx.request_id = offered if offered and _REQUEST_ID.fullmatch(offered) else f"{_random_bits(128):032x}"
 
 
 def finish_request(response: Response) -> Response:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.echo import clip
 from gateway.redis import REDIS_UNAVAILABLE
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def get_spec(name: str) -> JobSpec:
     """The registered job called ``name``, or JobInputError."""
     spec = REGISTRY.get(name)
     if spec is None:
-        raise JobInputError(f"Unknown job '{name[:100]}'; registered jobs: {', '.join(sorted(REGISTRY))}")
+        raise JobInputError(f"Unknown job '{clip(name)}'; registered jobs: {', '.join(sorted(REGISTRY))}")
     return spec
 
 
@@ -140,5 +141,6 @@ def validate_args(spec: JobSpec, args: Mapping[str, Any] | None) -> BaseModel:
         return spec.args.model_validate(dict(args or {}))
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "args"
+        # An unknown argument's name is the client's own text: bounded.
+        where = ".".join(clip(part) for part in first["loc"]) or "args"
         raise JobInputError(f"Invalid args for '{spec.name}': {where}: {first['msg']}") from None

@@ -154,10 +154,10 @@ def test_no_cors_without_an_allow_list(client: FlaskClient) -> None:
 
 def test_request_id_accepted_validated_and_returned(client: FlaskClient) -> None:
     assert (
-        client.get("/", headers={"X-Request-ID": "abc-123.DEF_4:5"}).headers["X-Request-ID"]
-        == "abc-123.DEF_4:5"
+        client.get("/", headers={"X-Request-ID": "abc-123.DEF_4.5"}).headers["X-Request-ID"]
+        == "abc-123.DEF_4.5"
     )
-    for bad in ("has space", "x" * 129, "<script>", "a\tb"):
+    for bad in ("has space", "x" * 129, "<script>", "a\tb", "abc:5"):
         returned = client.get("/", headers={"X-Request-ID": bad}).headers["X-Request-ID"]
         assert returned != bad and re.fullmatch(r"[0-9a-f]{32}", returned)
 
