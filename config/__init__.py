@@ -76,6 +76,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATELIMIT_DEFAULT", parse_limit, "120/minute"),
     Setting("RATELIMIT_ANONYMOUS", parse_limit, "30/minute"),
     Setting("RATELIMIT_LOGIN", parse_limits, "5/minute"),
+    # Failed logins per email across all IPs (credential stuffing); RATELIMIT_LOGIN is per IP.
+    Setting("RATELIMIT_LOGIN_EMAIL", parse_limits, "100/hour"),
     Setting("RATELIMIT_FAIL_OPEN", parse_bool, False),
     # Units a worker may lease at once from a limit with plenty left (gateway/leases.py); 1 = off.
     Setting("RATELIMIT_LEASE_MAX", parse_int, 32),

@@ -47,6 +47,7 @@ from flask import Flask, Response, current_app, g, request
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 
+from auth import users
 from auth.access import access_for
 from auth.identity import Identity, current_identity
 from gateway import forks, leases
@@ -194,15 +195,17 @@ def parse_limit_items(value: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(value))
 
 
-@functools.lru_cache(maxsize=4096)
-def _policies(kind: str, value: str, subject: str) -> tuple[Policy, ...]:
-    """The policies of one limit string on one subject (cached: the hot path rebuilds none)."""
+def _build_policies(kind: str, value: str, subject: str) -> tuple[Policy, ...]:
+    """The policies of one limit string on one subject."""
     # A limit written twice is one policy (its counter would otherwise be taken twice).
     items = list({(i.amount, int(i.get_expiry())): i for i in parse_limit_items(value)}.values())
     if len(items) == 1:
         return (Policy.build(kind, kind, items[0], subject),)
     windows = [int(item.get_expiry()) for item in items]
     return tuple(Policy.build(_policy_name(kind, item, windows), kind, item, subject) for item in items)
+
+
+_policies = functools.lru_cache(maxsize=4096)(_build_policies)  # cached: the hot path rebuilds none
 
 
 def _policy_name(kind: str, item: RateLimitItem, windows: list[int]) -> str:
@@ -425,6 +428,14 @@ class _State:
             for reply in self.connections.pipeline(commands):
                 _unwrap(reply)
 
+    def give_back_one(self, decision: Decision, taken_at: float) -> None:
+        """Return the one unit ``decision`` took (at ``taken_at``) to the windows it came from."""
+        elapsed_ms = (time.monotonic() - taken_at) * 1000
+        keys = [p.redis_key for p in decision.policies]
+        expected = [int(reset * 1000 - elapsed_ms) for reset in decision.resets]
+        args = [1, *expected, leases.RETURN_TOLERANCE_MS]
+        self.connections.call("EVAL", leases.RETURN_LUA, len(keys), *keys, *args)
+
     def decide_in_memory(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
         if not self.degraded:
             self.degraded = True
@@ -532,40 +543,95 @@ def quota_exhausted(identity: Identity, *, kinds: tuple[str, ...] = ("rate", "qu
 
 
 def _login_email() -> str | None:
-    data = request.get_json(silent=True) if request.is_json else request.form
+    """The attempt's email, normalized, or None (an unreadable body has none)."""
+    try:
+        data = request.get_json(silent=True) if request.is_json else request.form
+    except (ValueError, RecursionError):  # hostile JSON: the view answers its 400
+        return None
     email = data.get("email") if hasattr(data, "get") else None
-    return email.strip().lower() if isinstance(email, str) and email.strip() else None
+    if not isinstance(email, str):
+        return None
+    return users.normalize_email(email) or None
 
 
-def _login_policies() -> tuple[Policy, ...]:
-    limit = current_app.config["RATELIMIT_LOGIN"]
-    policies = _policies("login", limit, f"login-ip:{client_ip()}")
+def _login_ip_policies() -> tuple[Policy, ...]:
+    # Built fresh, not cached: subjects chosen by strangers must not evict the API's cached policies.
+    return _build_policies("login", current_app.config["RATELIMIT_LOGIN"], f"login-ip:{client_ip()}")
+
+
+def _login_email_policies() -> tuple[Policy, ...]:
     email = _login_email()
-    if email:
-        # Hashed: the counter's name should not carry an address in clear.
-        digest = hashlib.sha256(email.encode()).hexdigest()[:32]
-        policies += _policies("login", limit, f"login-email:{digest}")
-    return policies
+    if not email:
+        return ()
+    # Hashed: the counter's name should not carry an address in clear.
+    digest = hashlib.sha256(email.encode()).hexdigest()[:32]
+    config = current_app.config
+    pair = _build_policies("login", config["RATELIMIT_LOGIN"], f"login-email-ip:{digest}:{client_ip()}")
+    wide = _build_policies("login", config["RATELIMIT_LOGIN_EMAIL"], f"login-email:{digest}")
+    return _renamed(pair, "login-email-ip") + _renamed(wide, "login-email")
+
+
+def _renamed(policies: tuple[Policy, ...], name: str) -> tuple[Policy, ...]:
+    """The same policies under header names of their own (``login-ip`` is the plain ``login``)."""
+    return tuple(Policy.build(name + p.name[len(p.kind) :], p.kind, p.item, p.subject) for p in policies)
+
+
+def _reserve_login_attempt() -> tuple[Decision, float]:
+    """Take one unit of every login limit for this attempt, or answer 429 (or 503).
+
+    The per-IP limit is looked at first, before the body is read: a spent IP is refused
+    without parsing anything. Then one atomic call takes a unit from every limit, or none.
+    """
+    state = _state()
+    taken_at = time.monotonic()
+    try:
+        ip_policies = _login_ip_policies()
+        decision = state.decide(ip_policies, commit=False, closed=True)
+        if decision.breached is None:
+            taken_at = time.monotonic()
+            decision = state.decide(ip_policies + _login_email_policies(), closed=True)
+    except REDIS_UNAVAILABLE:
+        raise APIError(
+            503,
+            "Service Unavailable",
+            "Login is unavailable while the rate-limit store is unreachable; retry shortly.",
+            headers={HEADER_RETRY_AFTER: "1"},
+        ) from None
+    if decision.breached is not None:
+        raise _too_many(decision)
+    return decision, taken_at
+
+
+def _settle_login_attempt(decision: Decision, taken_at: float, *, failed: bool) -> None:
+    """A failure keeps its units (and its headers); a success gives them back."""
+    if failed:
+        g.rate_limit_decision = decision
+        return
+    try:
+        _state().give_back_one(decision, taken_at)
+    except REDIS_UNAVAILABLE:  # the login stands; the unit runs out with its window
+        log.warning("could not give back the login limits' unit of a successful login")
 
 
 def login_limit(view: F) -> F:
-    """RATELIMIT_LOGIN (5/minute) per client IP and per email; closed (503) when Redis is down."""
+    """Failed logins: RATELIMIT_LOGIN per client IP and per (email, IP), RATELIMIT_LOGIN_EMAIL
+    per email across IPs (CONTRACT section 5). Closed (503) when Redis is down.
+
+    Every attempt reserves a unit of each limit before the password is checked, and a
+    successful one gives it back: only failures stay counted, exactly, however many
+    attempts run at once, and an attempt over a limit is refused without a password check.
+    """
 
     @functools.wraps(view)
     def limited(*args: Any, **kwargs: Any) -> Any:
+        decision, taken_at = _reserve_login_attempt()
+        failed = True  # an exception (400, 401, 503, ...) is a failed attempt
         try:
-            decision = _state().decide(_login_policies(), closed=True)
-        except REDIS_UNAVAILABLE:
-            raise APIError(
-                503,
-                "Service Unavailable",
-                "Login is unavailable while the rate-limit store is unreachable; retry shortly.",
-                headers={HEADER_RETRY_AFTER: "1"},
-            ) from None
-        g.rate_limit_decision = decision
-        if decision.breached is not None:
-            raise _too_many(decision)
-        return view(*args, **kwargs)
+            response = current_app.make_response(view(*args, **kwargs))
+            failed = response.status_code >= 400
+            return response
+        finally:
+            _settle_login_attempt(decision, taken_at, failed=failed)
 
     return limited  # type: ignore[return-value]
 

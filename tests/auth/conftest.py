@@ -24,6 +24,7 @@ def test_env(test_env: dict[str, str]) -> dict[str, str]:
         "RATELIMIT_ANONYMOUS": "100000/minute",
         "RATELIMIT_DEFAULT": "100000/minute",
         "RATELIMIT_LOGIN": "100000/minute",
+        "RATELIMIT_LOGIN_EMAIL": "100000/minute",
     }
 
 

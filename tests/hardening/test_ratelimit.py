@@ -169,48 +169,16 @@ def test_key_guessing_runs_into_the_ip_limit(make_app: Callable[..., Flask], mak
     assert client.get(ME, headers=bearer(make_key()), environ_base=ip).status_code == 200
 
 
-def test_login_limit_per_ip_and_per_email(make_app: Callable[..., Flask]) -> None:
+def test_successful_logins_take_nothing_from_the_login_limits(make_app: Callable[..., Flask]) -> None:
+    # The probe behind login_limit always succeeds: successes are never counted (failures are:
+    # tests/auth/test_login_limits.py drives the real /auth/login).
     client = make_app().test_client()
-    ip_a = {"REMOTE_ADDR": "198.51.100.20"}
+    ip = {"REMOTE_ADDR": "198.51.100.20"}
     statuses = [
-        client.post("/_probe/login", json={"email": f"u{n}@example.com"}, environ_base=ip_a).status_code
-        for n in range(6)
+        client.post("/_probe/login", json={"email": "u@example.com"}, environ_base=ip).status_code
+        for _ in range(12)
     ]
-    assert statuses == [200] * 5 + [429]  # per IP, whatever the email
-    refused = client.post("/_probe/login", json={"email": "x@example.com"}, environ_base=ip_a)
-    assert refused.get_json()["retry_after"] >= 1
-    assert refused.headers["X-RateLimit-Limit"] == "5"
-
-    # One email from many addresses (a distributed guess) is limited too; form bodies count.
-    statuses = [
-        client.post(
-            "/_probe/login",
-            data={"email": " Victim@Example.com "},
-            environ_base={"REMOTE_ADDR": f"192.0.2.{n}"},
-        ).status_code
-        for n in range(6)
-    ]
-    assert statuses == [200] * 5 + [429]
-
-
-def test_real_login_attempts_hit_their_limit(make_app: Callable[..., Flask], r: redis.Redis) -> None:
-    from auth import users
-
-    users.create_user(r, email="admin@example.com", password="correct horse battery staple")
-    client = make_app().test_client()
-    wrong = {"email": "admin@example.com", "password": "wrong password"}
-    ip = {"REMOTE_ADDR": "198.51.100.30"}
-    assert [client.post("/auth/login", json=wrong, environ_base=ip).status_code for _ in range(5)] == [
-        401
-    ] * 5
-    # The sixth attempt is refused before the password is checked, even the right one.
-    right = {**wrong, "password": "correct horse battery staple"}
-    refused = client.post("/auth/login", json=right, environ_base=ip)
-    assert refused.status_code == 429
-    assert refused.get_json()["retry_after"] >= 1
-    # From another address the email's own budget is spent too.
-    other = client.post("/auth/login", json=right, environ_base={"REMOTE_ADDR": "198.51.100.31"})
-    assert other.status_code == 429
+    assert statuses == [200] * 12
 
 
 @pytest.mark.parametrize("damage", ["no_expiry", "wrong_type"])
