@@ -1,7 +1,9 @@
 """A real local HTTP server speaking OpenAI's streaming chat-completions format.
 
 Modes: ``normal`` streams a reply word by word, ``slow`` sends one chunk then
-stalls (to hit the client's read timeout), ``fail`` answers HTTP 500.
+stalls (to hit the client's read timeout), ``fail`` answers HTTP 500, ``reject``
+answers HTTP 400 as OpenAI does for a context that is too long (the caller's own
+fault), ``busy`` answers HTTP 429.
 """
 
 from __future__ import annotations
@@ -11,6 +13,20 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
+    "reject": (
+        400,
+        {
+            "error": {
+                "message": "This model's maximum context length is 8192 tokens.",
+                "type": "invalid_request_error",
+                "code": "context_length_exceeded",
+            }
+        },
+    ),
+    "busy": (429, {"error": {"message": "Rate limit reached", "type": "requests"}}),
+}
 
 
 class FakeUpstream:
@@ -52,6 +68,9 @@ class FakeUpstream:
                 upstream.headers.append(dict(self.headers))
                 if self.path != "/v1/chat/completions" or upstream.mode == "fail":
                     self._json(500, {"error": {"message": "upstream exploded"}})
+                    return
+                if upstream.mode in REFUSALS:
+                    self._json(*REFUSALS[upstream.mode])
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")

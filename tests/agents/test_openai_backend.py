@@ -198,3 +198,74 @@ def test_parse_chat_stream() -> None:
         list(parse_chat_stream(["data: {not json"]))
     with pytest.raises(AgentBackendError, match="reported an error"):
         list(parse_chat_stream(['data: {"error": {"message": "quota"}}']))
+
+
+def test_a_tenants_own_400_never_opens_the_breaker(
+    openai_app: Flask, upstream: FakeUpstream, auth_headers: Headers, new_session: Any
+) -> None:
+    """A context that is too long is that request's failure: others keep their upstream."""
+    headers = auth_headers("agents:write")
+    session_id = new_session(openai_app.test_client(), headers, "a very long conversation")
+    backend = backend_from_config(openai_app.config)
+    assert isinstance(backend, OpenAIBackend)
+    upstream.mode = "reject"
+    for _ in range(5):  # the breaker opens after 2 failures
+        events = run_stream(openai_app, headers, session_id)
+        assert [e.event for e in events] == ["error"]
+        assert events[0].json["error"] == "upstream_error"
+        assert events[0].json["message"] == (
+            "The agent upstream refused this request (HTTP 400: context_length_exceeded); "
+            "the conversation may be too long or malformed for the model."
+        )
+    assert backend.breaker.state == CLOSED and len(upstream.requests) == 5
+    # The upstream's own failures still open it.
+    upstream.mode = "fail"
+    for _ in range(2):
+        run_stream(openai_app, headers, session_id)
+    assert backend.breaker.state == OPEN
+
+
+def breaker_config(upstream: FakeUpstream, failures: int) -> dict[str, Any]:
+    return {
+        "OPENAI_BASE_URL": upstream.url,
+        "OPENAI_MODEL": "m",
+        "OPENAI_CONNECT_TIMEOUT": 0.5,
+        "OPENAI_READ_TIMEOUT": 0.5,
+        "OPENAI_BREAKER_FAILURES": failures,
+        "OPENAI_BREAKER_COOLDOWN_SECONDS": 0.2,
+    }
+
+
+def test_upstream_429_counts_as_a_breaker_failure(upstream: FakeUpstream) -> None:
+    backend = OpenAIBackend.from_config(breaker_config(upstream, 2))
+    upstream.mode = "busy"
+    for _ in range(2):
+        with pytest.raises(AgentBackendError, match="HTTP 429"):
+            list(backend.stream_reply([{"role": "user", "content": "x"}]))
+    assert backend.breaker.state == OPEN
+
+
+def test_a_400_neither_resets_nor_adds_to_the_failure_count(upstream: FakeUpstream) -> None:
+    """Refused requests prove nothing either way: a tenant's 400s cannot keep a failing upstream 'closed'."""
+    backend = OpenAIBackend.from_config(breaker_config(upstream, 2))
+    messages = [{"role": "user", "content": "x"}]
+    for mode in ("fail", "reject", "reject", "fail"):
+        upstream.mode = mode
+        with pytest.raises(AgentBackendError):
+            list(backend.stream_reply(messages))
+    assert backend.breaker.state == OPEN
+
+
+def test_a_refused_half_open_trial_frees_the_next_trial(upstream: FakeUpstream) -> None:
+    backend = OpenAIBackend.from_config(breaker_config(upstream, 1))
+    messages = [{"role": "user", "content": "x"}]
+    upstream.mode = "fail"
+    with pytest.raises(AgentBackendError):
+        list(backend.stream_reply(messages))
+    time.sleep(0.25)
+    upstream.mode = "reject"
+    with pytest.raises(AgentBackendError, match="HTTP 400"):
+        list(backend.stream_reply(messages))  # the trial: refused, no verdict
+    upstream.mode = "normal"
+    assert "".join(backend.stream_reply(messages))  # the next call is let through as the trial
+    assert backend.breaker.state == CLOSED

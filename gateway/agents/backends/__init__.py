@@ -18,6 +18,14 @@ class AgentBackendError(Exception):
     """The backend could not produce a reply; ``str(exc)`` is a sentence safe to show clients."""
 
 
+class AgentRequestRefused(AgentBackendError):
+    """The upstream refused this one request (a 4xx such as a context that is too long).
+
+    The caller's own failure, not the upstream's: it must not count against the
+    circuit breaker that every tenant of the process shares.
+    """
+
+
 class AgentBackend(Protocol):
     """What every backend offers: the reply to a conversation, as text deltas."""
 
@@ -79,4 +87,11 @@ def clear_backends() -> None:
         _backends.clear()
 
 
-__all__ = ["AgentBackend", "AgentBackendError", "Message", "backend_from_config", "clear_backends"]
+__all__ = [
+    "AgentBackend",
+    "AgentBackendError",
+    "AgentRequestRefused",
+    "Message",
+    "backend_from_config",
+    "clear_backends",
+]

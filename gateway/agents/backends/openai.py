@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
-from gateway.agents.backends import AgentBackendError, Message
+from gateway.agents.backends import AgentBackendError, AgentRequestRefused, Message
 from gateway.agents.backends.breaker import CircuitBreaker, CircuitOpenError
 from gateway.metrics import recorder
 
 log = logging.getLogger(__name__)
 NAME = "openai"
+# An upstream error body is read only this far: enough for its code, never a flood.
+ERROR_BODY_LIMIT = 4096
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # e.g. context_length_exceeded
+# 4xx answers about the request's content: the caller can shorten or fix it.
+_CONTENT_REFUSALS = frozenset({400, 413, 422})
 
 
 def _report_state(state: str) -> None:
@@ -87,6 +93,12 @@ class OpenAIBackend:
                 yield delta
             verdict = True
             self.breaker.success()
+        except AgentRequestRefused:
+            # This request's own fault (say, a context too long): it proves nothing about the
+            # upstream either way, so it neither opens the shared breaker nor closes it.
+            verdict = True
+            self.breaker.release()
+            raise
         except AgentBackendError:
             verdict = True
             self._failed()
@@ -112,7 +124,7 @@ class OpenAIBackend:
         try:
             with self.client.stream("POST", "chat/completions", json=payload) as response:
                 if response.status_code != 200:
-                    raise AgentBackendError(f"The agent upstream answered HTTP {response.status_code}.")
+                    raise status_error(response.status_code, _error_code(response))
                 yield from parse_chat_stream(response.iter_lines())
         except httpx.TimeoutException as exc:
             log.warning("openai upstream timed out: %s", type(exc).__name__)
@@ -120,6 +132,35 @@ class OpenAIBackend:
         except httpx.HTTPError as exc:
             log.warning("openai upstream failed: %s", type(exc).__name__)
             raise AgentBackendError("The agent upstream could not be reached.") from None
+
+
+def status_error(status: int, code: str | None = None) -> AgentBackendError:
+    """The error for a non-200 answer: only 5xx and 429 (and odd 1xx-3xx) blame the upstream."""
+    if status >= 500 or status == 429 or status < 400:
+        return AgentBackendError(f"The agent upstream answered HTTP {status}.")
+    log.warning("openai upstream refused a request: HTTP %s (%s)", status, code or "no code")
+    detail = f"HTTP {status}: {code}" if code else f"HTTP {status}"
+    hint = "; the conversation may be too long or malformed for the model"
+    hint = hint if status in _CONTENT_REFUSALS else ""
+    return AgentRequestRefused(f"The agent upstream refused this request ({detail}){hint}.")
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The ``error.code`` of an OpenAI-style error body, when it is a plain token (never free text,
+    which could carry upstream details a client should not see)."""
+    if not 400 <= response.status_code < 500:
+        return None
+    raw = b""
+    try:
+        for chunk in response.iter_bytes():
+            raw += chunk
+            if len(raw) >= ERROR_BODY_LIMIT:
+                return None
+        error = json.loads(raw).get("error")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) and _ERROR_CODE.match(code) else None
 
 
 def parse_chat_stream(lines: Iterable[str]) -> Iterator[str]:
