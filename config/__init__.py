@@ -105,6 +105,13 @@ SETTINGS: tuple[Setting, ...] = (
     # How long a stream's frames stay in Redis for resuming after Last-Event-ID.
     Setting("STREAM_RESUME_SECONDS", parse_int, 300),
     Setting("EVENTS_MAX_LENGTH", parse_int, 100_000),
+    # What one tenant may keep (README "Limits per tenant"): the largest event (event_type +
+    # data as stored JSON, bytes), how long events are kept, sessions per identity, and jobs
+    # per owner not yet finished.
+    Setting("EVENTS_MAX_BYTES", parse_int, 65536),
+    Setting("EVENTS_RETENTION_DAYS", parse_int, 30),
+    Setting("AGENT_SESSIONS_MAX", parse_int, 1000),
+    Setting("JOBS_QUEUED_MAX", parse_int, 100),
     Setting("LOG_LEVEL", parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     # Access lines are written in batches this often (0: each line at once; gateway/logging.py).
     Setting("ACCESS_LOG_FLUSH_MS", parse_int, 100),
@@ -153,6 +160,7 @@ class Config:
             raise ConfigError("OPENAI_BASE_URL is required when AGENT_BACKEND=openai")
         positive = ("PORT", "WEB_CONCURRENCY", "MAX_CONTENT_LENGTH", "STREAM_MAX_SECONDS")
         positive += ("SESSION_IDLE_MINUTES", "SESSION_ABSOLUTE_HOURS")
+        positive += ("EVENTS_MAX_BYTES", "EVENTS_RETENTION_DAYS", "AGENT_SESSIONS_MAX", "JOBS_QUEUED_MAX")
         for name in (*positive, "WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT"):
             if values[name] <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {values[name]}")

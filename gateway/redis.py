@@ -128,6 +128,11 @@ class KEYS:
         return key("events", "stream")
 
     @staticmethod
+    def events_by_owner(owner: str) -> str:
+        # The ids of one owner's events (the global stream's ids), for its own paging.
+        return key("events", "owner", owner)
+
+    @staticmethod
     def event_idempotency(idempotency_key_digest: str) -> str:
         return key("events", "idem", idempotency_key_digest)
 
@@ -148,3 +153,8 @@ class KEYS:
     @staticmethod
     def jobs_by_owner(owner: str) -> str:
         return key("jobs", "owner", owner)
+
+    @staticmethod
+    def jobs_unfinished(owner: str) -> str:
+        # Jobs of one owner not yet ended, for the JOBS_QUEUED_MAX cap.
+        return key("jobs", "unfinished", owner)

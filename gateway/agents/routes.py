@@ -45,10 +45,23 @@ def _visible_session(session_id: str) -> dict[str, str]:
 
 @bp.post("/session")
 @require_scope(AGENTS_WRITE)
-@endpoint("Create an agent session owned by the caller", tags=TAGS, responses={201: schemas.SessionCreated})
+@endpoint(
+    "Create an agent session owned by the caller",
+    tags=TAGS,
+    responses={201: schemas.SessionCreated, 409: "The caller already keeps AGENT_SESSIONS_MAX sessions"},
+)
 def create_session() -> tuple[Response, int]:
     """Create a session; it expires after 7 days without activity."""
-    session_id = service.create_session(get_redis(), owner=_identity().owner)
+    limit = current_app.config["AGENT_SESSIONS_MAX"]
+    try:
+        session_id = service.create_session(get_redis(), owner=_identity().owner, max_sessions=limit)
+    except service.SessionLimitReached as exc:
+        raise APIError(
+            409,
+            "Session limit reached",
+            f"This identity already keeps {exc.limit} agent sessions (AGENT_SESSIONS_MAX); "
+            "a session is removed after 7 days without activity.",
+        ) from None
     return jsonify({"session_id": session_id}), 201
 
 

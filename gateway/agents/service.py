@@ -13,6 +13,10 @@ Layout (names from ``gateway.redis.KEYS``):
 A session expires ``SESSION_TTL_SECONDS`` after its last write: every write
 refreshes the TTLs of the hash, the list and the owner's index together, and
 the indexes drop members whose score is older than that on read.
+
+An identity keeps at most ``AGENT_SESSIONS_MAX`` live sessions: creating one is a
+script that prunes the owner's index, counts and writes, so concurrent creations on
+any number of workers cannot pass the cap.
 """
 
 from __future__ import annotations
@@ -30,10 +34,33 @@ from gateway.redis import KEYS
 SESSION_TTL_SECONDS = 7 * 24 * 3600
 HISTORY_LIMIT = 1000
 LIST_LIMIT = 1000  # sessions returned by one list call (newest activity first); total counts all
+DEFAULT_SESSIONS_MAX = 1000  # AGENT_SESSIONS_MAX's default, for callers outside a request
+
+# KEYS: session hash, global index, owner index. ARGV: id, owner, created_at, now, cutoff,
+# ttl, max. The same writes as _touch, after the count, all or nothing.
+_CREATE_CAPPED = """
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[5])
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then return 0 end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3],
+  'last_activity', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return 1
+"""
 
 
 class SessionNotFound(LookupError):
     """No such session, expired, or owned by someone else (all look the same to the caller)."""
+
+
+class SessionLimitReached(Exception):
+    """The identity already keeps AGENT_SESSIONS_MAX live sessions."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} sessions kept")
+        self.limit = limit
 
 
 def _now_iso() -> str:
@@ -50,16 +77,17 @@ def _touch(pipe: Any, session_id: str, owner: str, now: float) -> None:
     pipe.expire(KEYS.agent_sessions_by_owner(owner), SESSION_TTL_SECONDS)
 
 
-def create_session(r: redis.Redis, *, owner: str) -> str:
-    """Store a new, empty session owned by ``owner`` and return its id."""
+def create_session(r: redis.Redis, *, owner: str, max_sessions: int = DEFAULT_SESSIONS_MAX) -> str:
+    """Store a new, empty session owned by ``owner`` and return its id.
+
+    Raises SessionLimitReached when ``owner`` already keeps ``max_sessions`` live sessions.
+    """
     session_id = str(uuid.uuid4())
-    pipe = r.pipeline(transaction=True)
-    pipe.hset(
-        KEYS.agent_session(session_id),
-        mapping={"id": session_id, "created_by": owner, "created_at": _now_iso()},
-    )
-    _touch(pipe, session_id, owner, time.time())
-    pipe.execute()
+    now = time.time()
+    keys = (KEYS.agent_session(session_id), KEYS.agent_sessions_index(), KEYS.agent_sessions_by_owner(owner))
+    args = (session_id, owner, _now_iso(), now, now - SESSION_TTL_SECONDS, SESSION_TTL_SECONDS, max_sessions)
+    if not int(r.eval(_CREATE_CAPPED, len(keys), *keys, *args)):
+        raise SessionLimitReached(max_sessions)
     return session_id
 
 

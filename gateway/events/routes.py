@@ -9,7 +9,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, Field, field_validator
 
 from auth import current_identity, require_scope
-from auth.scopes import EVENTS_READ, EVENTS_WRITE
+from auth.identity import Identity
+from auth.scopes import ADMIN, EVENTS_READ, EVENTS_WRITE
 from gateway.api import Schema, endpoint, parse_json, parse_query
 from gateway.errors import APIError
 from gateway.events import service
@@ -75,7 +76,7 @@ class EventList(BaseModel):
     events: list[EventOut]
     total: int = Field(description="Number of events in this page")
     next_after: str | None = Field(description="Pass as `after` to read the next page")
-    stream_length: int = Field(description="Events currently kept in the stream")
+    stream_length: int = Field(description="Events currently kept that the caller may read")
 
 
 def _iso(moment: datetime) -> str:
@@ -95,29 +96,49 @@ def _idempotency_key() -> str | None:
     return value
 
 
+def _identity() -> Identity:
+    identity = current_identity()
+    if identity is None:  # the access guard runs first; this only keeps types honest
+        raise APIError(401, "Unauthorized")
+    return identity
+
+
 @bp.post("/events")
 @require_scope(EVENTS_WRITE)
 @endpoint(
     "Append an event",
     tags=TAGS,
     body=EventIn,
-    responses={201: EventAccepted, 409: "Idempotency-Key reused with a different body"},
+    responses={
+        201: EventAccepted,
+        409: "Idempotency-Key reused with a different body",
+        413: "The event (event_type + data as JSON) is over EVENTS_MAX_BYTES",
+    },
 )
 def post_event() -> tuple[Response, int]:
-    """Append an event to the stream; an Idempotency-Key repeat returns the first event."""
+    """Append an event owned by the caller; an Idempotency-Key repeat returns the first event."""
     event = parse_json(EventIn)
     idempotency_key = _idempotency_key()
-    identity = current_identity()
+    config = current_app.config
     try:
         accepted = service.append_event(
             get_redis(),
             event_type=event.event_type,
             data=event.data,
             timestamp=_iso(event.timestamp) if event.timestamp else None,
-            owner=identity.owner if identity else "anonymous",
-            max_length=current_app.config["EVENTS_MAX_LENGTH"],
+            owner=_identity().owner,
+            max_length=config["EVENTS_MAX_LENGTH"],
+            max_bytes=config["EVENTS_MAX_BYTES"],
+            retention_days=config["EVENTS_RETENTION_DAYS"],
             idempotency_key=idempotency_key,
         )
+    except service.EventTooLarge as exc:
+        raise APIError(
+            413,
+            f"event must be {exc.limit} bytes or less",
+            f"event_type and data take {exc.size} bytes as JSON; this gateway keeps events "
+            f"of at most {exc.limit} bytes (EVENTS_MAX_BYTES).",
+        ) from None
     except service.IdempotencyConflict:
         raise APIError(
             409, "Idempotency-Key conflict", "This Idempotency-Key was used with a different request body."
@@ -131,13 +152,20 @@ def post_event() -> tuple[Response, int]:
 
 @bp.get("/events")
 @require_scope(EVENTS_READ)
-@endpoint("List events, oldest first", tags=TAGS, query=EventsQuery, responses={200: EventList})
+@endpoint(
+    "List the caller's events (admin: all), oldest first",
+    tags=TAGS,
+    query=EventsQuery,
+    responses={200: EventList},
+)
 def list_events() -> Response:
-    """Page through events oldest first: pass the last event_id seen as ``after``."""
+    """Page through the caller's events (admin: every event) oldest first, ``after`` the last seen."""
     query = parse_query(EventsQuery)
+    identity = _identity()
+    owner = None if identity.has_scope(ADMIN) else identity.owner
     r = get_redis()
     try:
-        events = service.list_events(r, after=query.after, limit=query.limit)
+        events = service.list_events(r, after=query.after, limit=query.limit, owner=owner)
     except ValueError:
         raise APIError(400, EventsQuery.error_messages["after"]) from None
     next_after = events[-1]["event_id"] if events else query.after
@@ -146,6 +174,6 @@ def list_events() -> Response:
             "events": events,
             "total": len(events),
             "next_after": next_after,
-            "stream_length": service.stream_length(r),
+            "stream_length": service.stream_length(r, owner=owner),
         }
     )

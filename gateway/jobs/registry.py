@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from auth.scopes import ADMIN, JOBS_WRITE
 from gateway.echo import clip
 from gateway.redis import REDIS_UNAVAILABLE
 
@@ -103,6 +104,8 @@ class JobSpec:
     transient: Callable[[BaseException], bool]
     retry: RetryPolicy | Retry | None = TRANSIENT_RETRY  # an rq.Retry is used as it is
     timeout_seconds: int = 300
+    # The scope a caller needs to enqueue it: maintenance jobs touch every tenant's data.
+    scope: str = JOBS_WRITE
 
 
 REGISTRY: dict[str, JobSpec] = {
@@ -122,6 +125,7 @@ REGISTRY: dict[str, JobSpec] = {
             _sweep_expired,
             _redis_failure,
             timeout_seconds=600,
+            scope=ADMIN,
         ),
     )
 }

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel, Field
 
 from auth import current_identity, require_scope
 from auth.scopes import ADMIN, JOBS_READ, JOBS_WRITE
 from gateway.api import Schema, endpoint, parse_json, parse_query
 from gateway.errors import APIError
+from gateway.jobs.limits import QueuedJobsLimitReached
 from gateway.jobs.queue import app_connection
 from gateway.jobs.registry import REGISTRY, JobInputError
 
@@ -83,7 +84,16 @@ def _fetch(job_id: str) -> Any:
 
 @bp.post("/jobs")
 @require_scope(JOBS_WRITE)
-@endpoint("Enqueue a registered job", tags=TAGS, body=JobIn, responses={202: JobQueued})
+@endpoint(
+    "Enqueue a registered job",
+    tags=TAGS,
+    body=JobIn,
+    responses={
+        202: JobQueued,
+        403: "The job needs a scope the caller lacks (maintenance jobs need admin)",
+        429: "The caller already has JOBS_QUEUED_MAX jobs unfinished",
+    },
+)
 def create_job() -> tuple[Response, int]:
     """Validate and enqueue a job from the registry (unknown names are refused)."""
     from gateway.jobs import service
@@ -91,11 +101,30 @@ def create_job() -> tuple[Response, int]:
     body = parse_json(JobIn)
     identity = current_identity()
     assert identity is not None
+    spec = REGISTRY.get(body.name)
+    if spec is not None and not identity.has_scope(spec.scope):
+        raise APIError(403, "Forbidden", f"The job '{spec.name}' needs the '{spec.scope}' scope.")
+    limit = current_app.config["JOBS_QUEUED_MAX"]
     try:
-        job_id = service.enqueue(app_connection(), name=body.name, args=body.args, owner=identity.owner)
+        job_id = service.enqueue(
+            app_connection(), name=body.name, args=body.args, owner=identity.owner, max_queued=limit
+        )
     except JobInputError as exc:
         raise APIError(400, str(exc)) from None
+    except QueuedJobsLimitReached as exc:
+        raise _too_many_jobs(exc) from None
     return jsonify(JobQueued(job_id=job_id).model_dump()), 202
+
+
+def _too_many_jobs(exc: QueuedJobsLimitReached) -> APIError:
+    return APIError(
+        429,
+        "Too many unfinished jobs",
+        f"This identity already has {exc.limit} jobs waiting or running (JOBS_QUEUED_MAX); "
+        "retry when some have finished.",
+        headers={"Retry-After": str(exc.retry_after)},
+        extra={"retry_after": exc.retry_after},
+    )
 
 
 @bp.get("/jobs")

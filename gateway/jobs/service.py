@@ -19,6 +19,7 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
+from gateway.jobs import limits
 from gateway.jobs.queue import get_queue, serializer
 from gateway.jobs.registry import RetryPolicy, get_spec, validate_args
 from gateway.jobs.tasks import ENTRY_POINT, ERROR_META
@@ -61,11 +62,18 @@ def index_key(owner: str | None = None) -> str:
     return KEYS.jobs_by_owner(owner) if owner else KEYS.jobs_index()
 
 
-def enqueue(conn: redis.Redis, *, name: str, args: Mapping[str, Any] | None, owner: str) -> str:
-    """Validate and enqueue a registered job; returns its id. Raises JobInputError."""
+def enqueue(
+    conn: redis.Redis, *, name: str, args: Mapping[str, Any] | None, owner: str, max_queued: int
+) -> str:
+    """Validate and enqueue a registered job; returns its id.
+
+    Raises JobInputError, or limits.QueuedJobsLimitReached when ``owner`` already has
+    ``max_queued`` jobs unfinished (JOBS_QUEUED_MAX).
+    """
     spec = get_spec(name)
     clean = validate_args(spec, args).model_dump()
     job_id = uuid.uuid4().hex
+    limits.take_place(conn, owner=owner, job_id=job_id, limit=max_queued)
     # Index first: a crash before the enqueue leaves only an id the listing prunes.
     pipe = conn.pipeline(transaction=True)
     for index in (index_key(), index_key(owner)):
