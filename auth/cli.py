@@ -1,4 +1,5 @@
-"""``flask --app wsgi keys ...`` and ``users create`` (CONTRACT section 6).
+"""``flask --app wsgi keys ...`` and ``users create|list|passwd|disable|enable|logout-all``
+(CONTRACT sections 6 and 8).
 
 Changes are audited with the actor ``cli``. Revocation and rotation reach every
 worker within the key cache's TTL (auth.cache), well under one second.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -21,7 +23,7 @@ from auth.audit import Actor
 from auth.keys import KeyStateError
 from auth.loaders import pepper
 from auth.scopes import ALL_SCOPES
-from auth.users import UserExistsError
+from auth.users import LastEnabledUserError, UnknownUserError, UserExistsError
 from gateway.redis import redis_from_config
 
 keys_cli = AppGroup("keys", help="Create, list, revoke and rotate API keys.")
@@ -163,3 +165,64 @@ def create_user(email: str, password_stdin: bool) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"Created admin user {user['email']} ({user['id']}); log in at POST /auth/login or /admin/")
+
+
+def _user_change(action: Callable[[], management.UserChange]) -> management.UserChange:
+    """Run a lifecycle action, turning its refusals into one line for the operator."""
+    try:
+        return action()
+    except (UnknownUserError, LastEnabledUserError) as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@users_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (never a password hash).")
+def list_users(as_json: bool) -> None:
+    """List admin users: email, id, status, live sessions."""
+    views = management.list_users(_redis())
+    if as_json:
+        _print_json(views)
+        return
+    for v in views:
+        click.echo(
+            f"{v['email']}  {v['id']}  {v['status']:<8}  sessions {v['active_sessions']}"
+            f"  created {v['created_at']}"
+        )
+
+
+@users_cli.command("passwd")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+def change_password(email: str, password_stdin: bool) -> None:
+    """Set a user's password; every session of theirs ends."""
+    password = _read_password(password_stdin)
+    change = _user_change(
+        lambda: management.change_password(_redis(), actor=_actor(), email=email, password=password)
+    )
+    click.echo(f"Changed the password of {change.user['email']}; {change.sessions_ended} session(s) ended")
+
+
+@users_cli.command("disable")
+@click.argument("email")
+def disable_user(email: str) -> None:
+    """Disable a user: no login, and every session ends at once (never the last enabled user)."""
+    change = _user_change(lambda: management.disable_user(_redis(), actor=_actor(), email=email))
+    click.echo(f"Disabled {change.user['email']}; {change.sessions_ended} session(s) ended")
+
+
+@users_cli.command("enable")
+@click.argument("email")
+def enable_user(email: str) -> None:
+    """Enable a disabled user again."""
+    change = _user_change(lambda: management.enable_user(_redis(), actor=_actor(), email=email))
+    click.echo(f"Enabled {change.user['email']}")
+
+
+@users_cli.command("logout-all")
+@click.argument("email")
+def logout_all(email: str) -> None:
+    """End every session of a user ("log out everywhere")."""
+    change = _user_change(lambda: management.log_out_everywhere(_redis(), actor=_actor(), email=email))
+    click.echo(f"Logged {change.user['email']} out everywhere; {change.sessions_ended} session(s) ended")

@@ -99,7 +99,10 @@ def load_user(user_id: str) -> Identity | None:
     if kind != "user" or not raw_id:
         return None
     record = users.get_user(get_redis(), raw_id)
-    return identity_from_user(record, getattr(session, "sid", None)) if record else None
+    # Disabled, or the session predates a password change or "log out everywhere": refused at once.
+    if record is None or not users.session_is_current(record, session.get(users.SESSION_EPOCH)):
+        return None
+    return identity_from_user(record, getattr(session, "sid", None))
 
 
 def unauthorized() -> Response:

@@ -33,8 +33,22 @@ def log_in(*, email: str, password: str) -> Identity | None:
     session.regenerate()  # type: ignore[attr-defined]  # auth.sessions.ServerSession
     identity = identity_from_user(record)
     login_user(identity)
+    session[users.SESSION_EPOCH] = record.get("auth_epoch") or "0"
     audit.record(get_redis(), request_actor(), "auth.login", target=identity.owner)
     return identity
+
+
+def own_session_id(user_id: str) -> str | None:
+    """This request's session id when it is ``user_id``'s own (kept across their password change)."""
+    identity = current_identity()
+    if identity is None or identity.type != "user" or identity.id != user_id:
+        return None
+    return getattr(session, "sid", None)
+
+
+def keep_own_session(epoch: int) -> None:
+    """Carry this session into the user's new auth epoch (after changing their own password)."""
+    session[users.SESSION_EPOCH] = str(epoch)
 
 
 def log_out() -> None:

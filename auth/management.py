@@ -8,12 +8,13 @@ audit entry. Validation errors are ValueError with a sentence for a person.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from limits import parse_many
 
-from auth import audit, keys, users
+from auth import audit, keys, sessions, users
 from auth.audit import Actor
 from auth.scopes import validate_scopes
 from gateway.echo import clip
@@ -106,3 +107,65 @@ def create_user(r: redis.Redis, *, actor: Actor, email: str, password: str) -> d
     user = users.create_user(r, email=email, password=password, created_by=actor.owner)
     audit.record(r, actor, "user.create", target=f"user:{user['id']}", details={"email": user["email"]})
     return user
+
+
+@dataclass(frozen=True)
+class UserChange:
+    """What a lifecycle action did: the user as people may see it, and how many sessions ended."""
+
+    user: dict[str, Any]
+    sessions_ended: int = 0
+    epoch: int | None = None  # the user's new auth epoch, when the action started one
+
+
+def user_view(r: redis.Redis, record: dict[str, Any]) -> dict[str, Any]:
+    """A user as people may see it, with the count of their live sessions (never a hash)."""
+    return {**users.public_view(record), "active_sessions": sessions.count_user_sessions(r, record["id"])}
+
+
+def list_users(r: redis.Redis) -> list[dict[str, Any]]:
+    return [user_view(r, record) for record in users.list_users(r)]
+
+
+def _audit_user(r: redis.Redis, actor: Actor, action: str, record: dict[str, Any], **details: Any) -> None:
+    details = {"email": record["email"], **details}
+    audit.record(r, actor, action, target=f"user:{record['id']}", details=details)
+
+
+def change_password(
+    r: redis.Redis, *, actor: Actor, email: str, password: str, keep_sid: str | None = None
+) -> UserChange:
+    """New password; every session of the user ends but ``keep_sid`` (the caller's own, if theirs).
+
+    UnknownUserError for an unknown email, ValueError for a password that is too short or long.
+    """
+    record = users.get_user_by_email(r, email)
+    epoch = users.set_password(r, record["id"], password)
+    ended = sessions.end_user_sessions(r, record["id"], keep_sid=keep_sid)
+    _audit_user(r, actor, "user.password", record, sessions_ended=ended)
+    return UserChange(user_view(r, users.get_user(r, record["id"]) or record), ended, epoch)
+
+
+def disable_user(r: redis.Redis, *, actor: Actor, email: str) -> UserChange:
+    """Disable and log out everywhere at once; LastEnabledUserError when none would be left."""
+    record = users.get_user_by_email(r, email)
+    users.disable_user(r, record["id"])
+    ended = sessions.end_user_sessions(r, record["id"])
+    _audit_user(r, actor, "user.disable", record, sessions_ended=ended)
+    return UserChange(user_view(r, users.get_user(r, record["id"]) or record), ended)
+
+
+def enable_user(r: redis.Redis, *, actor: Actor, email: str) -> UserChange:
+    record = users.get_user_by_email(r, email)
+    users.enable_user(r, record["id"])
+    _audit_user(r, actor, "user.enable", record)
+    return UserChange(user_view(r, users.get_user(r, record["id"]) or record))
+
+
+def log_out_everywhere(r: redis.Redis, *, actor: Actor, email: str) -> UserChange:
+    """End every session of the user, the caller's own included when it is theirs."""
+    record = users.get_user_by_email(r, email)
+    epoch = users.end_epoch(r, record["id"])
+    ended = sessions.end_user_sessions(r, record["id"])
+    _audit_user(r, actor, "user.logout_all", record, sessions_ended=ended)
+    return UserChange(user_view(r, record), ended, epoch)

@@ -7,6 +7,12 @@ fixation); logout and expiry delete the record, so a copied cookie stops
 working. Idle and absolute timeouts are enforced inside Redis by one script
 that reads the session and slides its TTL in the same round trip.
 
+Saving is conditional: a session is created with ``SET NX`` and only ever
+updated with ``SET XX``, so a request that loaded a session before a logout (or
+a "log out everywhere") deleted it cannot write it back. Each user's sessions
+are indexed in ``gw:sessions:user:<user id>`` (a set of the hashed ids), so
+ending all of them is exact and needs no SCAN.
+
 Requests that present an API key never read or write a session and never get
 a cookie; requests without a cookie never touch Redis for it; the record is
 loaded lazily, so public routes such as /healthz do not depend on Redis even
@@ -60,8 +66,45 @@ return raw
 """
 
 
+def _hashed(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
 def session_key(sid: str) -> str:
-    return redis_key("sessions", hashlib.sha256(sid.encode()).hexdigest())
+    return _record_key(_hashed(sid))
+
+
+def _record_key(hashed: str) -> str:
+    return redis_key("sessions", hashed)
+
+
+def user_sessions_key(user_id: str) -> str:
+    """The set of one user's session ids (hashed, like the records' names)."""
+    return redis_key("sessions", "user", user_id)
+
+
+def end_user_sessions(r: redis.Redis, user_id: str, *, keep_sid: str | None = None) -> int:
+    """Delete every session of ``user_id`` except ``keep_sid``; returns how many ended."""
+    keep = _hashed(keep_sid) if keep_sid else None
+    doomed = [hashed for hashed in r.smembers(user_sessions_key(user_id)) if hashed != keep]
+    if not doomed:
+        return 0
+    pipe = r.pipeline(transaction=False)  # one key per command: fine on a cluster too
+    for hashed in doomed:
+        pipe.delete(_record_key(hashed))
+    pipe.srem(user_sessions_key(user_id), *doomed)
+    return sum(pipe.execute()[:-1])
+
+
+def count_user_sessions(r: redis.Redis, user_id: str) -> int:
+    """How many of the user's indexed sessions are still live."""
+    members = list(r.smembers(user_sessions_key(user_id)))
+    if not members:
+        return 0
+    pipe = r.pipeline(transaction=False)
+    for hashed in members:
+        pipe.exists(_record_key(hashed))
+    return sum(pipe.execute())
 
 
 class ServerSession(SessionMixin):
@@ -161,11 +204,19 @@ class RedisSessionInterface(SessionInterface):
         return json.loads(raw) if raw else None
 
     def _store(self, app: Flask, r: redis.Redis, session: ServerSession, response: Response) -> None:
+        creating = session.sid is None
         session.sid = session.sid or secrets.token_urlsafe(32)
         session.created = session.created or int(time.time())
         left = session.created + _absolute(app) - int(time.time())
         record = json.dumps({"created": session.created, "data": session._data})
-        r.set(session_key(session.sid), record, ex=max(1, min(_idle(app), left)))
+        ttl = max(1, min(_idle(app), left))
+        # NX at creation, XX after: a session deleted while this request ran stays deleted.
+        if not r.set(session_key(session.sid), record, ex=ttl, nx=creating, xx=not creating):
+            session.sid = None
+            self._clear_cookie(app, response)
+            return
+        if creating:
+            self._index(app, r, session)
         response.set_cookie(
             self.get_cookie_name(app),
             session.sid,
@@ -177,6 +228,17 @@ class RedisSessionInterface(SessionInterface):
             samesite=self.get_cookie_samesite(app),
         )
         response.vary.add("Cookie")
+
+    def _index(self, app: Flask, r: redis.Redis, session: ServerSession) -> None:
+        # Flask-Login's field: "user:<id>" once an admin user is logged in (login creates the session).
+        kind, _, user_id = str((session._data or {}).get("_user_id", "")).partition(":")
+        if kind != "user" or not user_id or session.sid is None:
+            return
+        pipe = r.pipeline(transaction=False)
+        pipe.sadd(user_sessions_key(user_id), _hashed(session.sid))
+        # No session outlives the absolute lifetime, so neither does the index of the latest login.
+        pipe.expire(user_sessions_key(user_id), _absolute(app))
+        pipe.execute()
 
     def _end(self, app: Flask, r: redis.Redis, session: ServerSession, response: Response) -> None:
         if session.sid:

@@ -180,6 +180,11 @@ class ProductionConfig(Config):
 
     ENV_NAME = "production"
     REQUIRED = ("SECRET_KEY", "REDIS_URL")
+    # The __Host- prefix makes browsers refuse the cookie unless it is Secure, for Path=/ and
+    # without Domain: a sibling subdomain or a plain-http page cannot plant or shadow it.
+    SESSION_COOKIE_NAME = "__Host-gw_session"
+    SESSION_COOKIE_PATH = "/"
+    SESSION_COOKIE_DOMAIN = None
 
     @classmethod
     def validate(cls, values: Mapping[str, Any]) -> None:

@@ -249,7 +249,7 @@ class _Builder:
                 "schemas": dict(sorted(schemas.items())),
                 "responses": _error_responses(refs[(Error, "serialization")]),
                 "headers": _header_components(),
-                "securitySchemes": _SECURITY_SCHEMES,
+                "securitySchemes": _security_schemes(self.app.config["SESSION_COOKIE_NAME"]),
             },
         }
 
@@ -312,6 +312,11 @@ _SECURITY_SCHEMES = {
     },
 }
 _SECURITY = [{"bearerAuth": []}, {"apiKeyHeader": []}, {"sessionCookie": []}]
+
+
+def _security_schemes(cookie_name: str) -> dict[str, Any]:
+    # The session cookie's name differs by environment (``__Host-`` prefixed in production).
+    return {**_SECURITY_SCHEMES, "sessionCookie": {**_SECURITY_SCHEMES["sessionCookie"], "name": cookie_name}}
 
 
 def _header_components() -> dict[str, Any]:

@@ -1,20 +1,23 @@
-"""/admin/keys and /admin/audit: key management over HTTP, mirroring the CLI (admin scope).
+"""/admin/keys, /admin/users and /admin/audit: key and admin-user management over HTTP,
+mirroring the CLI (admin scope).
 
-The secret appears only in the create and rotate answers. Every change goes
-through auth.management, which validates it and writes the audit entry.
+The secret appears only in the create and rotate answers; no answer carries a
+password or its hash. Every change goes through auth.management, which
+validates it and writes the audit entry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, Field, field_validator
 
-from auth import audit, keys, management, require_scope
+from auth import audit, keys, management, require_scope, users
 from auth.keys import KeyStateError
 from auth.loaders import key_cache, pepper
-from auth.login import request_actor
+from auth.login import keep_own_session, own_session_id, request_actor
 from auth.scopes import ADMIN, validate_scopes
 from gateway.api import Schema, endpoint, parse_json, parse_query
 from gateway.errors import APIError
@@ -23,6 +26,7 @@ from gateway.extensions import get_redis
 bp = Blueprint("admin_api", __name__, url_prefix="/admin")
 TAGS = ("admin",)
 KEY_NOT_FOUND = "Key not found"
+USER_NOT_FOUND = "User not found"
 
 
 class KeyCreate(Schema):
@@ -212,3 +216,106 @@ def audit_log() -> Response:
     query = parse_query(AuditQuery)
     entries = audit.recent(get_redis(), query.limit)
     return jsonify({"entries": entries, "total": len(entries)})
+
+
+class PasswordChange(Schema):
+    """The body of POST /admin/users/<email>/password (the same checks as ``flask users passwd``)."""
+
+    password: str = Field(min_length=users.MIN_PASSWORD_LENGTH, max_length=users.MAX_PASSWORD_LENGTH)
+
+    error_messages = {
+        "password": f"password must be a string of {users.MIN_PASSWORD_LENGTH} to "
+        f"{users.MAX_PASSWORD_LENGTH} characters",
+    }
+
+
+class UserView(BaseModel):
+    id: str
+    email: str
+    status: str = Field(description="`enabled` or `disabled`")
+    created_at: str | None
+    created_by: str | None
+    disabled_at: str | None
+    password_changed_at: str | None
+    active_sessions: int
+
+
+class UserList(BaseModel):
+    users: list[UserView]
+    total: int
+
+
+class UserChangeView(BaseModel):
+    """The user after the change, and how many of their sessions it ended."""
+
+    user: UserView
+    sessions_ended: int
+
+
+def _user_change(action: Callable[[], management.UserChange]) -> Response:
+    try:
+        change = action()
+    except users.UnknownUserError:
+        raise APIError(404, "Not Found", USER_NOT_FOUND) from None
+    except users.LastEnabledUserError as exc:
+        raise APIError(409, "Conflict", str(exc)) from None
+    return jsonify({"user": change.user, "sessions_ended": change.sessions_ended})
+
+
+@bp.get("/users")
+@require_scope(ADMIN)
+@endpoint("List admin users (never a password or its hash)", tags=TAGS, responses={200: UserList})
+def list_users() -> Response:
+    """Every admin user, oldest first, with status and live sessions."""
+    views = management.list_users(get_redis())
+    return jsonify({"users": views, "total": len(views)})
+
+
+@bp.post("/users/<email>/password")
+@require_scope(ADMIN)
+@endpoint("Set an admin user's password; their other sessions end", tags=TAGS, body=PasswordChange,
+          responses={200: UserChangeView})  # fmt: skip
+def change_password(email: str) -> Response:
+    """New password; every session of the user ends, except the caller's own when it is theirs."""
+    body = parse_json(PasswordChange)
+    r = get_redis()
+
+    def change() -> management.UserChange:
+        target = users.get_user_by_email(r, email)
+        keep = own_session_id(target["id"])
+        done = management.change_password(
+            r, actor=request_actor(), email=email, password=body.password, keep_sid=keep
+        )
+        if keep and done.epoch is not None:
+            keep_own_session(done.epoch)
+        return done
+
+    return _user_change(change)
+
+
+@bp.post("/users/<email>/disable")
+@require_scope(ADMIN)
+@endpoint("Disable an admin user: no login, every session ends at once", tags=TAGS,
+          responses={200: UserChangeView, 409: "The last enabled admin user stays enabled."})  # fmt: skip
+def disable_user(email: str) -> Response:
+    """Disable a user (refused for the last enabled one)."""
+    return _user_change(lambda: management.disable_user(get_redis(), actor=request_actor(), email=email))
+
+
+@bp.post("/users/<email>/enable")
+@require_scope(ADMIN)
+@endpoint("Enable a disabled admin user", tags=TAGS, responses={200: UserChangeView})
+def enable_user(email: str) -> Response:
+    """Enable a user again."""
+    return _user_change(lambda: management.enable_user(get_redis(), actor=request_actor(), email=email))
+
+
+@bp.post("/users/<email>/logout-all")
+@require_scope(ADMIN)
+@endpoint("End every session of an admin user (log out everywhere)", tags=TAGS,
+          responses={200: UserChangeView})  # fmt: skip
+def logout_all(email: str) -> Response:
+    """End every session of the user, the caller's own included when it is theirs."""
+    return _user_change(
+        lambda: management.log_out_everywhere(get_redis(), actor=request_actor(), email=email)
+    )

@@ -3,10 +3,11 @@ actor, Redis client and pepper filled in (the views stay free of plumbing)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from auth import audit, keys, login, management
+from auth import audit, keys, login, management, users
 from auth.loaders import key_cache, pepper
 from auth.scopes import validate_scopes
 from gateway.extensions import get_redis
@@ -94,3 +95,58 @@ def rotate_key(key_id: str) -> tuple[dict[str, Any], str]:
 
 def audit_entries() -> list[dict[str, Any]]:
     return audit.recent(get_redis(), AUDIT_PAGE)
+
+
+@dataclass(frozen=True)
+class UserAction:
+    """One lifecycle action of the users page: its confirmation text and what it calls."""
+
+    heading: str
+    explanation: str
+    button: str
+    done: str  # the flash message; {email} and {ended} are filled in
+    run: Callable[..., management.UserChange]
+
+
+USER_ACTIONS: dict[str, UserAction] = {
+    "disable": UserAction(
+        "Disable this admin user?",
+        "They can no longer log in, and every session of theirs ends at once.",
+        "Disable user",
+        "{email} is disabled; {ended} session(s) ended.",
+        management.disable_user,
+    ),
+    "enable": UserAction(
+        "Enable this admin user?",
+        "They can log in again with their password.",
+        "Enable user",
+        "{email} is enabled again.",
+        management.enable_user,
+    ),
+    "logout-all": UserAction(
+        "Log this user out everywhere?",
+        "Every session of theirs ends at once, in every browser (yours too, if they are you).",
+        "Log out everywhere",
+        "{email} is logged out everywhere; {ended} session(s) ended.",
+        management.log_out_everywhere,
+    ),
+}
+
+
+def list_users() -> list[dict[str, Any]]:
+    """Every admin user as people may see it (never a password hash), oldest first."""
+    return management.list_users(get_redis())
+
+
+def get_user(email: str) -> dict[str, Any] | None:
+    try:
+        return management.user_view(get_redis(), users.get_user_by_email(get_redis(), email))
+    except users.UnknownUserError:
+        return None
+
+
+def run_user_action(name: str, email: str) -> str:
+    """Run a users-page action; the sentence to show. ValueError (LastEnabledUserError) when refused."""
+    action = USER_ACTIONS[name]
+    change = action.run(get_redis(), actor=login.request_actor(), email=email)
+    return action.done.format(email=change.user["email"], ended=change.sessions_ended)

@@ -248,3 +248,48 @@ def audit() -> tuple[str, int]:
 def console_asset(filename: str) -> str:
     """URL of a console asset, versioned so browsers pick up a new release."""
     return url_for("console.static", filename=filename, v=__version__)
+
+
+@bp.get("/console/users")
+@require_scope(ADMIN)
+@hide_from_schema
+def users() -> tuple[str, int]:
+    """Admin users with their status and live sessions, and the lifecycle actions."""
+    return _page("users.html", users=actions.list_users(), section="users")
+
+
+def _user_action_or_404(email: str, action: str) -> tuple[dict[str, Any], actions.UserAction]:
+    user = actions.get_user(email)
+    if user is None or action not in actions.USER_ACTIONS:
+        raise APIError(404, "Not Found", "User not found")
+    return user, actions.USER_ACTIONS[action]
+
+
+@bp.get("/console/users/<email>/<action>")
+@require_scope(ADMIN)
+@hide_from_schema
+def user_action(email: str, action: str) -> tuple[str, int]:
+    """Ask before disabling, enabling or logging a user out everywhere."""
+    user, step = _user_action_or_404(email, action)
+    return _page(
+        "confirm_user.html",
+        user=user,
+        heading=step.heading,
+        explanation=step.explanation,
+        button=step.button,
+        action=url_for("console.user_action_confirmed", email=user["email"], action=action),
+        section="users",
+    )
+
+
+@bp.post("/console/users/<email>/<action>")
+@require_scope(ADMIN)
+@hide_from_schema
+def user_action_confirmed(email: str, action: str) -> Response:
+    """Run the confirmed action (refused for the last enabled user)."""
+    user, _ = _user_action_or_404(email, action)
+    try:
+        flash(actions.run_user_action(action, user["email"]), "success")
+    except ValueError as exc:  # LastEnabledUserError
+        flash(str(exc), "error")
+    return redirect(url_for("console.users"), code=303)

@@ -221,3 +221,46 @@ def test_public_routes_do_not_read_the_session(
     response = down.get("/healthz")
     assert response.status_code == 200 and "Set-Cookie" not in response.headers
     assert down.get("/auth/me").status_code == 503  # a protected route does need the session
+
+
+def test_a_session_loaded_before_logout_is_not_written_back(
+    app: Flask, login: Callable[..., FlaskClient], r: redis.Redis
+) -> None:
+    from flask import request
+
+    sid = _cookie(login())
+    with app.test_request_context("/auth/me", headers={"Cookie": f"{COOKIE}={sid}"}):
+        slow = app.session_interface.open_session(app, request)
+        assert slow.get("_user_id", "").startswith("user:")  # loaded before the logout
+        other = app.test_client()
+        other.set_cookie(COOKIE, sid)
+        assert other.post("/auth/logout", headers={"Origin": ORIGIN}).status_code == 200
+        slow["late"] = "write"  # e.g. a CSRF token made while the logout ran
+        response = app.response_class()
+        app.session_interface.save_session(app, slow, response)
+    assert not r.exists(session_key(sid)), "the deleted session was written back"
+    assert f"{COOKIE}=;" in response.headers.get("Set-Cookie", "")
+    copy = app.test_client()
+    copy.set_cookie(COOKIE, sid)
+    assert copy.get("/auth/me").status_code == 401
+
+
+def test_production_session_cookie_has_the_host_prefix(
+    redis_url: str, r: redis.Redis, admin_user: dict[str, str]
+) -> None:
+    from gateway import create_app
+
+    env = {"FLASK_ENV": "production", "SECRET_KEY": "p" * 48, "REDIS_URL": redis_url}
+    client = create_app(env).test_client()
+    https = "https://localhost"
+    response = client.post("/auth/login", json=admin_user, headers={"Origin": https}, base_url=https)
+    assert response.status_code == 200, response.get_json()
+    set_cookie = response.headers["Set-Cookie"]
+    name, _, rest = set_cookie.partition("=")
+    attributes = {part.strip().split("=")[0].lower() for part in rest.split(";")[1:]}
+    assert name.startswith("__Host-"), set_cookie
+    assert {"secure", "path", "httponly"} <= attributes and "domain" not in attributes
+    assert "Path=/;" in set_cookie or set_cookie.endswith("Path=/")
+    assert client.get("/auth/me", base_url=https).get_json()["type"] == "user"
+    logout = client.post("/auth/logout", headers={"Origin": https}, base_url=https)
+    assert logout.status_code == 200 and logout.headers["Set-Cookie"].startswith(f"{name}=;")

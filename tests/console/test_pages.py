@@ -14,7 +14,7 @@ from auth import audit, keys
 from auth.loaders import pepper
 from tests.console.conftest import ADMIN_EMAIL, Console, csrf_of, form_id_of
 
-PAGES = ["/admin/", "/admin/console/keys/new", "/admin/console/audit"]
+PAGES = ["/admin/", "/admin/console/keys/new", "/admin/console/audit", "/admin/console/users"]
 SECRET = re.compile(r'<code id="secret">(rgw_[0-9A-Za-z]+)</code>')
 
 
@@ -219,11 +219,74 @@ def test_console_login_shares_the_login_rate_limit(console: Console, admin_user:
     assert statuses[5] == 429
 
 
-def test_key_list_shows_the_secret_still_in_its_grace(
-    logged_in: Console, app: Flask, r: redis.Redis
-) -> None:
+def test_key_list_shows_the_secret_still_in_its_grace(logged_in: Console, app: Flask, r: redis.Redis) -> None:
     record, old = keys.create_key(r, pepper=pepper(app), name="graced", scopes=["agents:read"])
     keys.rotate_key(r, record["id"], pepper=pepper(app), grace_seconds=600)
     html = logged_in.get("/admin/").get_data(as_text=True)
-    assert f"also live: <span class=\"mono\">{old[:8]}…{old[-4:]}</span> until" in html
+    assert f'also live: <span class="mono">{old[:8]}…{old[-4:]}</span> until' in html
     assert old not in html
+
+
+def _second_admin(r: redis.Redis, email: str = "second@example.com") -> str:
+    from auth import users
+
+    users.create_user(r, email=email, password="another long password 1")
+    return email
+
+
+def test_users_page_lists_users_without_secrets(logged_in: Console, r: redis.Redis) -> None:
+    other = _second_admin(r)
+    response = logged_in.get("/admin/console/users")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200 and ADMIN_EMAIL in html and other in html
+    assert "argon2" not in html and "(you)" in html
+    assert 'href="/admin/console/users"' in logged_in.get("/admin/").get_data(as_text=True)
+
+
+def test_users_page_disable_and_enable_need_confirmation_and_csrf(
+    logged_in: Console, app: Flask, r: redis.Redis
+) -> None:
+    from auth import users
+    from tests.console.conftest import Console as Browser
+
+    other = _second_admin(r)
+    theirs = Browser(app.test_client())
+    assert theirs.log_in(other, "another long password 1").status_code == 303
+    page = f"/admin/console/users/{other}/disable"
+    confirm = logged_in.get(page)
+    assert confirm.status_code == 200 and "Disable this admin user?" in confirm.get_data(as_text=True)
+    assert logged_in.post(page, csrf="forged").status_code == 400
+    assert theirs.get("/admin/").status_code == 200
+    done = logged_in.post(page, csrf=csrf_of(confirm.get_data(as_text=True)))
+    assert done.status_code == 303 and done.headers["Location"].endswith("/admin/console/users")
+    assert theirs.get("/admin/").status_code == 303  # their session ended at once
+    assert "is disabled" in logged_in.get("/admin/console/users").get_data(as_text=True)
+    assert users.authenticate(r, email=other, password="another long password 1") is None
+    enable = f"/admin/console/users/{other}/enable"
+    logged_in.post(enable, csrf=csrf_of(logged_in.get(enable).get_data(as_text=True)))
+    assert users.authenticate(r, email=other, password="another long password 1") is not None
+    actions = [entry["action"] for entry in audit.recent(r, 3)]
+    assert actions[:2] == ["user.enable", "user.disable"]
+
+
+def test_users_page_refuses_to_disable_the_last_enabled_user(logged_in: Console) -> None:
+    page = f"/admin/console/users/{ADMIN_EMAIL}/disable"
+    done = logged_in.post(page, csrf=csrf_of(logged_in.get(page).get_data(as_text=True)))
+    assert done.status_code == 303
+    html = logged_in.get("/admin/console/users").get_data(as_text=True)
+    assert "last enabled admin user" in html and "enabled" in html
+
+
+def test_users_page_logout_everywhere_ends_ones_own_session(logged_in: Console) -> None:
+    page = f"/admin/console/users/{ADMIN_EMAIL}/logout-all"
+    done = logged_in.post(page, csrf=csrf_of(logged_in.get(page).get_data(as_text=True)))
+    assert done.status_code == 303
+    assert logged_in.get("/admin/console/users").status_code == 303  # back to the login page
+
+
+def test_users_page_unknown_user_or_action_is_404(logged_in: Console) -> None:
+    assert logged_in.get("/admin/console/users/nobody@example.com/disable").status_code == 404
+    assert logged_in.get(f"/admin/console/users/{ADMIN_EMAIL}/delete").status_code == 404
+
+
+# The login form's CSRF token is stateless (double submit): no server session before login.
