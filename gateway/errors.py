@@ -47,6 +47,11 @@ class APIError(HTTPException):
         self.extra = dict(extra or {})
 
 
+# app.extensions entry: a callable (status, reason, message, headers) -> Response | None that
+# answers an error as an HTML page where people browse (the admin console); None keeps JSON.
+ERROR_PAGE_EXTENSION = "gateway.error_page"
+
+
 def error_response(
     status: int,
     error: str | None = None,
@@ -57,10 +62,15 @@ def error_response(
 ) -> Response:
     """Build the contract's error body: error, status_code, message, path (+ extra fields)."""
     reason = error or HTTPStatus(status).phrase
+    sentence = message or _MESSAGES.get(status) or reason
+    render_page = current_app.extensions.get(ERROR_PAGE_EXTENSION)
+    page = render_page(status, reason, sentence, headers or {}) if render_page else None
+    if page is not None:
+        return page  # type: ignore[no-any-return]
     body: dict[str, Any] = {
         "error": reason,
         "status_code": status,
-        "message": message or _MESSAGES.get(status) or reason,
+        "message": sentence,
         "path": request.path,
     }
     body.update(extra)

@@ -50,6 +50,7 @@ from limits.storage import MemoryStorage
 from auth import users
 from auth.access import access_for
 from auth.identity import Identity, current_identity
+from auth.loaders import presented_key
 from gateway import forks, leases
 from gateway.errors import APIError
 from gateway.extensions import get_redis
@@ -386,6 +387,7 @@ class _State:
         self.memory_lock = threading.Lock()
         self.degraded = False
         self.recheck_at = 0.0  # time.monotonic() before which a degraded limiter skips Redis
+        self.exempt: set[str] = set(HEALTH_ENDPOINTS)  # endpoints never limited (see exempt())
 
     def _evalsha(self, keys: list[str], args: list[int]) -> Any:
         try:
@@ -494,20 +496,31 @@ def _too_many(decision: Decision) -> APIError:
     )
 
 
-def _exempt() -> bool:
-    # Preflights carry no credentials, health probes must never be throttled, and
-    # requests that match no route are answered by routing (404/405).
+def _exempt(exempt: frozenset[str] | set[str]) -> bool:
+    # Preflights carry no credentials, health probes must never be throttled, static
+    # files are cheap and cached (exempt()), and requests that match no route are
+    # answered by routing (404/405).
     req = request._get_current_object()  # type: ignore[attr-defined]
     return (
         req.method == "OPTIONS"
         or req.endpoint is None
-        or req.endpoint in HEALTH_ENDPOINTS
+        or req.endpoint in exempt
         or req.routing_exception is not None
     )
 
 
+def _presents_credentials(req: Any) -> bool:
+    """An API key or a session cookie: the request may have an identity of its own."""
+    if presented_key(req) is not None:
+        return True
+    return current_app.session_interface.get_cookie_name(current_app) in req.cookies
+
+
 def _request_policies() -> Sequence[Policy]:
-    if access_for(request._get_current_object().endpoint).public:  # type: ignore[attr-defined]
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    # A public route is counted per IP, unless the caller brings credentials: a logged-in
+    # admin browsing the console (or a key calling /docs) is limited as itself.
+    if access_for(req.endpoint).public and not _presents_credentials(req):
         return _anonymous_policies()
     # Resolving the identity here (before the access guard) lets a wrong key fall
     # through to the per-IP limit, so its 401s are counted.
@@ -517,9 +530,10 @@ def _request_policies() -> Sequence[Policy]:
 
 def check_request_limit() -> None:
     """before_request: take one request from every limit of this request, or answer 429."""
-    if _exempt():
+    state = _state()
+    if _exempt(state.exempt):
         return
-    decision = _state().decide(_request_policies())
+    decision = state.decide(_request_policies())
     g.rate_limit_decision = decision
     if decision.breached is not None:
         raise _too_many(decision)
@@ -634,6 +648,18 @@ def login_limit(view: F) -> F:
             _settle_login_attempt(decision, taken_at, failed=failed)
 
     return limited  # type: ignore[return-value]
+
+
+def exempt(app: Flask, endpoint: str) -> None:
+    """Never limit ``endpoint``: for static files only (cheap, cacheable, no Redis behind them).
+
+    An exempt endpoint must be public: a guarded one would let key guesses past the IP limit.
+    """
+    with app.app_context():
+        public = access_for(endpoint).public
+    if not public:
+        raise ValueError(f"only public endpoints can be exempt from rate limits, not {endpoint!r}")
+    app.extensions[EXTENSION_KEY].exempt.add(endpoint)
 
 
 def init_app(app: Flask) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from flask import Flask
 
+from gateway import ratelimit
+from gateway.console import error_pages
 from gateway.console.csrf import csrf_token
 from gateway.console.views import bp
 
@@ -18,5 +20,8 @@ __all__ = ["bp", "init_app"]
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+    # Stylesheet and script: cheap, cached, no Redis behind them, so not counted like API calls.
+    ratelimit.exempt(app, "console.static")
+    error_pages.init_app(app)  # console pages answer errors as pages; the JSON admin API keeps JSON
     # Templates also call csp_nonce(), which Talisman (gateway.security) provides.
     app.add_template_global(csrf_token, "csrf_token")

@@ -36,7 +36,9 @@ from gateway.version import __version__
 bp = Blueprint("console", __name__, url_prefix="/admin")
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static" / "console"
-ASSET_MAX_AGE = 3600  # assets carry ?v=<version>, so a release is picked up at once
+ASSET_MAX_AGE = 3600  # an asset fetched without ?v=<version> may change with a release
+# Pages link assets as ?v=<version>: that URL changes with every release, so it never goes stale.
+VERSIONED_ASSET_MAX_AGE = 365 * 24 * 3600
 PUBLIC_ENDPOINTS = frozenset({"console.login", "console.login_form", "console.static"})
 
 
@@ -70,7 +72,11 @@ def _console_error(exc: APIError) -> Response:
 @public
 def asset(filename: str) -> Response:
     """The console's stylesheet and script (public: the login page needs them)."""
-    return send_from_directory(STATIC_DIR, filename, max_age=ASSET_MAX_AGE)
+    versioned = request.args.get("v") == __version__
+    max_age = VERSIONED_ASSET_MAX_AGE if versioned else ASSET_MAX_AGE
+    response = send_from_directory(STATIC_DIR, filename, max_age=max_age)
+    response.cache_control.immutable = versioned or None
+    return response
 
 
 @bp.get("/login")
