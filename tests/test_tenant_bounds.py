@@ -3,6 +3,7 @@ per identity, unfinished jobs per owner. Caps hold under concurrency (threads, r
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from config import ConfigError, load_config
+from devtools.gunicorn import GunicornServer
 from gateway.agents import service as sessions
 from gateway.events import service as events
 from gateway.jobs import limits as job_limits
@@ -200,3 +202,28 @@ def test_a_reservation_whose_job_never_appeared_is_released(app: Flask, r: redis
     r.zadd(KEYS.jobs_unfinished("o"), {"0" * 32: stale})  # a crash between reserving and enqueueing
     assert jobs.enqueue(conn, name="agent.run", args={"prompt": "hi"}, owner="o", max_queued=1)
     assert json.dumps(r.zrange(KEYS.jobs_unfinished("o"), 0, -1)) != json.dumps(["0" * 32])
+
+
+# --- across gunicorn workers ------------------------------------------------------------------
+
+
+@pytest.mark.gunicorn
+def test_caps_hold_across_gunicorn_workers(
+    gunicorn: Callable[..., GunicornServer], auth_headers: Callable[..., Headers], r: redis.Redis
+) -> None:
+    server = gunicorn(workers=2, env={"AGENT_SESSIONS_MAX": "4", "JOBS_QUEUED_MAX": "3"})
+    headers = {**auth_headers("agents:write", "jobs:write"), "Content-Type": "application/json"}
+
+    def post(path: str, body: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    sessions_made = race(16, lambda: post("/agents/session", "{}"))
+    assert sorted(sessions_made) == [201] * 4 + [409] * 12
+    jobs_made = race(12, lambda: post("/jobs", json.dumps(AGENT_RUN)))
+    assert sorted(jobs_made) == [202] * 3 + [429] * 9
+    assert len(list(r.scan_iter("rq:job:*"))) == 3
