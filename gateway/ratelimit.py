@@ -516,12 +516,22 @@ def _presents_credentials(req: Any) -> bool:
     return current_app.session_interface.get_cookie_name(current_app) in req.cookies
 
 
-def _request_policies() -> Sequence[Policy]:
-    req = request._get_current_object()  # type: ignore[attr-defined]
+def _public_policies(req: Any) -> Sequence[Policy]:
     # A public route is counted per IP, unless the caller brings credentials: a logged-in
     # admin browsing the console (or a key calling /docs) is limited as itself.
-    if access_for(req.endpoint).public and not _presents_credentials(req):
+    if not _presents_credentials(req):
         return _anonymous_policies()
+    try:
+        identity = current_identity()
+    except REDIS_UNAVAILABLE:  # sessions unreadable: a public page is still served (per IP)
+        return _anonymous_policies()
+    return policies_for(identity) if identity is not None else _anonymous_policies()
+
+
+def _request_policies() -> Sequence[Policy]:
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    if access_for(req.endpoint).public:
+        return _public_policies(req)
     # Resolving the identity here (before the access guard) lets a wrong key fall
     # through to the per-IP limit, so its 401s are counted.
     identity = current_identity()

@@ -144,3 +144,21 @@ def test_a_console_503_is_a_page(admin: FlaskClient, monkeypatch: pytest.MonkeyP
     answer = admin.get("/admin/")
     assert is_console_page(answer, 503)
     assert answer.headers["Retry-After"] == "1"
+
+
+def test_public_pages_with_a_cookie_stay_up_when_redis_is_down_and_failing_open(
+    test_env: dict[str, str], tmp_path: Any
+) -> None:
+    from devtools.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "stopped-redis")
+    server.start()
+    url = server.url
+    server.stop()
+    app = create_app({**test_env, "REDIS_URL": url, "RATELIMIT_FAIL_OPEN": "true"})
+    client = app.test_client()
+    client.set_cookie(app.config["SESSION_COOKIE_NAME"], "s" * 43)  # looks like a session id
+    # The session cannot be read: the request is counted per IP, in the fallback counters.
+    answer = client.get("/")
+    assert answer.status_code == 200
+    assert answer.headers["RateLimit-Policy"].startswith('"anonymous"')
