@@ -27,7 +27,15 @@ from auth import current_identity, public, require_scope
 from auth.scopes import ADMIN, ALL_SCOPES
 from gateway.api import endpoint
 from gateway.console import actions
-from gateway.console.csrf import check_csrf, new_form_id, spend_form_id
+from gateway.console.csrf import (
+    check_csrf,
+    check_login_csrf,
+    clear_login_cookie,
+    new_form_id,
+    new_login_token,
+    set_login_cookie,
+    spend_form_id,
+)
 from gateway.errors import APIError, error_response
 from gateway.openapi import hide_from_schema
 from gateway.ratelimit import login_limit
@@ -55,7 +63,9 @@ def _console_guard() -> Response | None:
         identity = current_identity()
         if identity is None or identity.type != "user":
             return redirect(url_for("console.login_form"), code=303)
-    if request.method == "POST":
+    if request.method == "POST" and request.endpoint == "console.login":
+        check_login_csrf()  # no session yet: the login form's token is stateless
+    elif request.method == "POST":
         check_csrf()
     return None
 
@@ -87,7 +97,14 @@ def login_form() -> Response | tuple[str, int]:
     identity = current_identity()
     if identity is not None and identity.type == "user":
         return redirect(url_for("console.keys"), code=303)
-    return _page("login.html", admin=None)
+    return _login_page()
+
+
+def _login_page(status: int = 200, **context: Any) -> Response:
+    # Anonymous views store nothing in Redis: the form's CSRF token lives in a cookie and a signature.
+    login_token = new_login_token()
+    body, status = _page("login.html", status, admin=None, login_csrf=login_token.token, **context)
+    return set_login_cookie(current_app.make_response((body, status)), login_token.nonce)
 
 
 @bp.post("/login")
@@ -98,8 +115,8 @@ def login() -> Response | tuple[str, int]:
     """Check the email and password, then start a fresh server-side session."""
     email = request.form.get("email", "").strip()
     if not actions.log_in(email=email, password=request.form.get("password", "")):
-        return _page("login.html", 401, admin=None, email=email, error="Wrong email or password.")
-    return redirect(url_for("console.keys"), code=303)
+        return _login_page(401, email=email, error="Wrong email or password.")
+    return clear_login_cookie(redirect(url_for("console.keys"), code=303))
 
 
 @bp.post("/logout")

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from auth import audit, keys
 from auth.loaders import pepper
-from tests.console.conftest import ADMIN_EMAIL, Console, csrf_of, form_id_of
+from tests.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Console, csrf_of, form_id_of
 
 PAGES = ["/admin/", "/admin/console/keys/new", "/admin/console/audit", "/admin/console/users"]
 SECRET = re.compile(r'<code id="secret">(rgw_[0-9A-Za-z]+)</code>')
@@ -291,3 +291,119 @@ def test_users_page_unknown_user_or_action_is_404(logged_in: Console) -> None:
 
 
 # The login form's CSRF token is stateless (double submit): no server session before login.
+
+
+def _set_cookies(response) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """name -> the whole Set-Cookie line, for every cookie an answer sets."""
+    return {line.split("=", 1)[0]: line for line in response.headers.getlist("Set-Cookie")}
+
+
+def _login_form(**form: str) -> dict:
+    return {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, **form}
+
+
+def _post_login(client: FlaskClient, form: dict):  # type: ignore[no-untyped-def]
+    return client.post("/admin/login", data=form, headers={"Origin": "http://localhost"})
+
+
+def test_cookieless_login_page_views_store_nothing_but_the_rate_limit_counter(
+    app: Flask, r: redis.Redis
+) -> None:
+    visitor = app.test_client(use_cookies=False)  # every view a new, cookieless visitor
+    for _ in range(5):
+        response = visitor.get("/admin/login")
+        assert response.status_code == 200 and csrf_of(response.get_data(as_text=True))
+        assert app.config["SESSION_COOKIE_NAME"] not in _set_cookies(response)
+    stored = r.keys("*")
+    assert stored and all(name.startswith("gw:ratelimit:") for name in stored), stored
+
+
+def test_login_csrf_cookie_is_strict_httponly_and_short_lived(app: Flask) -> None:
+    response = app.test_client().get("/admin/login")
+    (line,) = _set_cookies(response).values()
+    attributes = {part.strip().split("=")[0].lower(): part for part in line.split(";")[1:]}
+    assert "httponly" in attributes and attributes["samesite"].strip() == "SameSite=Strict"
+    assert 0 < int(attributes["max-age"].split("=")[1]) <= 1800
+
+
+def test_login_csrf_cookie_has_the_host_prefix_when_cookies_are_secure(app: Flask) -> None:
+    app.config["SESSION_COOKIE_SECURE"] = True
+    response = app.test_client().get("/admin/login", base_url="https://localhost")
+    (name,) = _set_cookies(response)
+    line = _set_cookies(response)[name]
+    assert name.startswith("__Host-") and "Secure" in line and "Path=/;" in line + ";"
+    assert "Domain=" not in line
+
+
+def test_login_through_the_stateless_form_starts_a_session(
+    console: Console, admin_user: dict, r: redis.Redis
+) -> None:
+    console.get("/admin/login")
+    assert not r.keys("gw:sessions:*")
+    response = console.log_in()
+    assert response.status_code == 303 and r.keys("gw:sessions:*")
+    assert console.get("/admin/").status_code == 200
+    # The login form's cookie is spent with the login; the logged-in forms use the session's token.
+    cookies = _set_cookies(response)
+    (login_cookie,) = [line for name, line in cookies.items() if name != "gw_session"]
+    assert "Max-Age=0" in login_cookie or "expires=Thu, 01 Jan 1970" in login_cookie
+
+
+def test_a_failed_login_gives_a_form_whose_token_works(console: Console, admin_user: dict) -> None:
+    html = console.log_in(password="not the password at all").get_data(as_text=True)
+    again = console.post("/admin/login", _login_form(), csrf=csrf_of(html))
+    assert again.status_code == 303
+
+
+@pytest.mark.parametrize(
+    "token",
+    [None, "", "forged", "tampered"],
+    ids=["missing", "empty", "forged", "tampered"],
+)
+def test_login_refuses_a_missing_or_forged_token(
+    client: FlaskClient, admin_user: dict, r: redis.Redis, token: str | None
+) -> None:
+    real = csrf_of(client.get("/admin/login").get_data(as_text=True))
+    form = _login_form()
+    if token == "tampered":
+        form["csrf_token"] = real[:-4] + ("AAAA" if not real.endswith("AAAA") else "BBBB")
+    elif token is not None:
+        form["csrf_token"] = token
+    response = _post_login(client, form)
+    assert response.status_code == 400 and "CSRF" in response.get_data(as_text=True)
+    assert not r.keys("gw:sessions:*")
+
+
+def test_login_refuses_a_token_swapped_from_another_visitor(
+    app: Flask, admin_user: dict, r: redis.Redis
+) -> None:
+    attacker, victim = app.test_client(), app.test_client()
+    stolen = csrf_of(attacker.get("/admin/login").get_data(as_text=True))
+    victim.get("/admin/login")
+    response = _post_login(victim, _login_form(csrf_token=stolen))
+    assert response.status_code == 400
+    assert not r.keys("gw:sessions:*")
+
+
+def test_login_refuses_a_token_without_its_cookie(client: FlaskClient, admin_user: dict) -> None:
+    page = client.get("/admin/login")
+    for name in _set_cookies(page):
+        client.delete_cookie(name)
+    response = _post_login(client, _login_form(csrf_token=csrf_of(page.get_data(as_text=True))))
+    assert response.status_code == 400
+
+
+def test_login_refuses_an_expired_token(
+    client: FlaskClient, admin_user: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import itsdangerous
+
+    with monkeypatch.context() as patched:  # the page was served 31 minutes ago
+        patched.setattr(
+            itsdangerous.TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 31 * 60
+        )
+        token = csrf_of(client.get("/admin/login").get_data(as_text=True))
+    response = _post_login(client, _login_form(csrf_token=token))
+    assert response.status_code == 400
