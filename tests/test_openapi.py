@@ -55,6 +55,11 @@ CONTRACT_ROUTES: list[tuple[str, str, str]] = [
     ("delete", "/admin/keys/{}", "admin"),
     ("post", "/admin/keys/{}/rotate", "admin"),
     ("get", "/admin/audit", "admin"),
+    ("get", "/admin/users", "admin"),
+    ("post", "/admin/users/{}/password", "admin"),
+    ("post", "/admin/users/{}/disable", "admin"),
+    ("post", "/admin/users/{}/enable", "admin"),
+    ("post", "/admin/users/{}/logout-all", "admin"),
     ("get", "/admin/", "admin"),
 ]
 _PARAM = re.compile(r"\{[^}]+\}")
