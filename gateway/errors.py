@@ -6,10 +6,11 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from gateway.redis import REDIS_UNAVAILABLE
+from gateway.redis import failure_label, is_unavailable
 
 # Sentences for statuses whose Werkzeug description is written for HTML pages.
 _MESSAGES: dict[int, str] = {
@@ -99,9 +100,13 @@ def _unexpected(exc: Exception) -> Response:
     return error_response(500)
 
 
-def _redis_unavailable(exc: Exception) -> Response:
+def _redis_error(exc: Exception) -> Response:
+    # Only the classes and reply codes that mean "not now" become 503; any other Redis
+    # error (WRONGTYPE, a bad argument) is a bug and goes the 500 way, with its traceback.
+    if not is_unavailable(exc):
+        return _unexpected(exc)
     current_app.logger.warning(
-        "redis unavailable on %s %s: %s", request.method, request.path, type(exc).__name__
+        "redis unavailable on %s %s: %s", request.method, request.path, failure_label(exc)
     )
     return error_response(
         503,
@@ -114,6 +119,5 @@ def _redis_unavailable(exc: Exception) -> Response:
 def init_app(app: Flask) -> None:
     """Route every error through error_response()."""
     app.register_error_handler(HTTPException, _from_http_exception)
-    for exc_type in REDIS_UNAVAILABLE:
-        app.register_error_handler(exc_type, _redis_unavailable)
+    app.register_error_handler(redis.RedisError, _redis_error)
     app.register_error_handler(Exception, _unexpected)

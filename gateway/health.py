@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 
 from auth import public
+from gateway import forks
 from gateway.api import endpoint
 from gateway.extensions import get_redis
-from gateway.redis import REDIS_UNAVAILABLE
+from gateway.redis import failure_label, is_unavailable, key
 
 bp = Blueprint("health", __name__)
 
@@ -20,6 +23,8 @@ bp = Blueprint("health", __name__)
 HEALTH_ENDPOINTS = frozenset({"health.healthz", "health.health", "health.readyz"})
 HEALTH_PATHS = frozenset({"/healthz", "/health", "/readyz"})
 TAGS = ("health",)
+READYZ_KEY_TTL_MS = 5000
+log = logging.getLogger(__name__)
 
 
 class Readiness(BaseModel):
@@ -51,17 +56,27 @@ def health() -> Response:
     return _ok()
 
 
+def _redis_check() -> dict[str, Any]:
+    # A write, not a PING: a full (OOM under noeviction), read-only (a replica after a
+    # failover) or busy Redis still answers PING, yet the gateway cannot do its work.
+    # One short-lived key per process, so probes never pile keys up.
+    started = time.perf_counter()
+    try:
+        get_redis().set(key("health", "readyz", forks.pid()), "1", px=READYZ_KEY_TTL_MS)
+    except redis.RedisError as exc:
+        # Any Redis error means "not ready"; only an unexpected kind is worth a warning.
+        if not is_unavailable(exc):
+            log.warning("readiness write failed: %s", failure_label(exc))
+        return {"status": "unavailable", "error": type(exc).__name__}
+    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
 @bp.get("/readyz")
 @public
 @endpoint("Readiness", tags=TAGS, responses={200: Readiness, 503: Readiness})
 def readyz() -> tuple[Response, int]:
-    """Readiness: Redis answers a PING within the client's timeout."""
-    started = time.perf_counter()
-    try:
-        get_redis().ping()
-        redis_check = {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-    except REDIS_UNAVAILABLE as exc:
-        redis_check = {"status": "unavailable", "error": type(exc).__name__}
+    """Readiness: Redis takes a tiny write within the client's timeout."""
+    redis_check = _redis_check()
     ready = redis_check["status"] == "ok"
     body = {
         "ready": ready,

@@ -2,23 +2,127 @@
 
 redis-py's defaults let a stalled server hold a worker for many seconds; every
 client here has connect and read timeouts well under a second, a bounded retry
-and a bounded pool, so a Redis fault becomes a quick 503 instead of a hang.
+and a bounded pool, so a Redis fault becomes a quick 503 instead of a hang. Its
+connections also name the refusals redis-py leaves as a bare ResponseError, and
+close themselves when the server stopped being the primary (docs/operations.md,
+"Redis faults").
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis import exceptions as rex
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-# Errors that mean "Redis is unavailable right now" (as opposed to a bug in a command).
+
+class RedisRefusedError(redis.ResponseError):
+    """Redis refused a command for a reason that passes, one redis-py has no class for:
+    BUSY (a script or module command holds the server), MISCONF (it cannot persist, so it
+    refuses writes), NOREPLICAS (fewer replicas in sync than ``min-replicas-to-write``)."""
+
+
+# A server that stopped being the primary (a failover, a REPLICAOF): the socket must go.
+PRIMARY_LOST: tuple[type[Exception], ...] = (rex.ReadOnlyError, rex.MasterDownError)
+
+# Errors that mean "Redis cannot serve this right now" (503), as opposed to a bug in a
+# command (WRONGTYPE, a syntax error: 500, logged). Listed by class on purpose, so that
+# a ResponseError of a programming mistake is never answered as a passing outage.
 REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
-    redis.ConnectionError,
+    redis.ConnectionError,  # refused, reset, AUTH failures; BusyLoadingError (LOADING) is one
     redis.TimeoutError,
-    redis.BusyLoadingError,
+    rex.OutOfMemoryError,  # OOM: maxmemory reached under noeviction
+    *PRIMARY_LOST,
+    rex.TryAgainError,
+    rex.ClusterDownError,
+    RedisRefusedError,
 )
+
+# First words of error replies that redis-py leaves as a bare ResponseError.
+_REFUSED_CODES = frozenset({"BUSY", "MISCONF", "NOREPLICAS"})
+# Every reply code that means "not now", for errors from a client not built here (NOSCRIPT
+# included: a script cache emptied by a flush or a failover; callers reload, else 503).
+_UNAVAILABLE_CODES = _REFUSED_CODES | {
+    "OOM", "READONLY", "LOADING", "MASTERDOWN", "NOSCRIPT", "TRYAGAIN", "CLUSTERDOWN",
+}  # fmt: skip
+_PIPELINE_PREFIX = "caused error: "  # redis-py's annotation of a pipeline's failed command
+
+
+def reply_code(exc: BaseException) -> str:
+    """The first word of a bare error reply ("BUSY", "WRONGTYPE"), also inside redis-py's
+    pipeline annotation; empty for other errors (their class says what they are)."""
+    if type(exc) is not redis.ResponseError:
+        return ""
+    text = str(exc)
+    _, found, rest = text.partition(_PIPELINE_PREFIX)
+    return (rest if found else text).split(" ", 1)[0]
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means Redis cannot serve now (answer 503), False for anything else."""
+    return isinstance(exc, REDIS_UNAVAILABLE) or reply_code(exc) in _UNAVAILABLE_CODES
+
+
+def failure_label(exc: BaseException) -> str:
+    """A name for logs: the class, and a bare reply's code; never the message, which may
+    carry a command's arguments (key names, values) after redis-py's annotation."""
+    code = reply_code(exc)
+    return f"{type(exc).__name__} {code}" if code else type(exc).__name__
+
+
+class _FaultAware:
+    """Mixed into a pool's connection class: classify refusals, leave a demoted primary.
+
+    ``primary_epoch`` is shared by the pool's connections: it grows each time one of them
+    meets READONLY or MASTERDOWN, and a connection opened in an earlier epoch reconnects
+    before its next command. That reaches the connections checked out for long (the rate
+    limiter keeps some aside) without closing a socket another thread may be reading.
+    """
+
+    pool_ref: Callable[[], redis.ConnectionPool | None] = staticmethod(lambda: None)
+    primary_epoch: list[int] = [0]
+    _epoch = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        epoch = self.primary_epoch[0]
+        if self._epoch != epoch:
+            self.disconnect()  # type: ignore[attr-defined]
+            self._epoch = epoch  # the connect() below, inside send, belongs to this epoch
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except PRIMARY_LOST:
+            self._leave_old_primary()
+            raise
+        except redis.ResponseError as exc:
+            if reply_code(exc) in _REFUSED_CODES:
+                raise RedisRefusedError(*exc.args) from None
+            raise
+
+    def _leave_old_primary(self) -> None:
+        # Every socket of the pool leads to a server that is no longer the primary: the
+        # next command of each connects to whatever the URL names now (after a failover),
+        # and no stale connection is kept. This one and the idle ones close now; a
+        # pipeline's later replies then read as ConnectionError, as much a 503, and a
+        # replica applied none of its writes, so redis-py's one retry is safe.
+        self.primary_epoch[0] += 1
+        self.disconnect()  # type: ignore[attr-defined]
+        pool = self.pool_ref()
+        if pool is not None:
+            pool.disconnect(inuse_connections=False)
+
+
+def _make_fault_aware(pool: redis.ConnectionPool) -> None:
+    base = pool.connection_class  # TCP, TLS or unix socket, as the URL's scheme chose
+    attrs = {"pool_ref": weakref.ref(pool), "primary_epoch": [0]}
+    pool.connection_class = type(f"FaultAware{base.__name__}", (_FaultAware, base), attrs)
+
 
 KEY_PREFIX = "gw"
 
@@ -65,6 +169,7 @@ def create_redis(
         client_name="gateway",
         **extra,
     )
+    _make_fault_aware(pool)
     client = redis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True  # as Redis.from_url does: closing the client closes the pool
     return client
