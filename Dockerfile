@@ -37,7 +37,8 @@ USER gateway
 EXPOSE 10000
 
 # Liveness only (/healthz touches nothing else); python's urllib, so no curl in the image.
+# python3: the name every Python image and Debian host has (Debian has no bare `python`).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '10000'), timeout=4)" || exit 1
+    CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '10000'), timeout=4)" || exit 1
 
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shlex
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,8 +108,10 @@ def test_dockerignore_keeps_local_state_out_and_the_code_in() -> None:
 
 class _Health(BaseHTTPRequestHandler):
     status = 200
+    probes = 0
 
     def do_GET(self) -> None:
+        _Health.probes += 1
         self.send_response(self.status if self.path == "/healthz" else 404)
         self.end_headers()
         self.wfile.write(b"ok")
@@ -133,9 +137,16 @@ def test_healthcheck_command_probes_healthz_without_curl(
     (check,) = instructions("HEALTHCHECK")
     command = check.split(" CMD ", 1)[1]
     assert "/healthz" in command and "curl" not in command
-    _Health.status = status
+    # The image's interpreter, by a name every python image has; here this test's own Python
+    # stands in for it (a Debian host has python3 but no `python`, and the venv may not be on PATH).
+    interpreter, _, rest = command.partition(" ")
+    assert interpreter == "python3"
+    _Health.status, _Health.probes = status, 0
     env = {**os.environ, "PORT": str(health_server.server_address[1])}
-    done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=30)
+    done = subprocess.run(
+        ["sh", "-c", f"{shlex.quote(sys.executable)} {rest}"], env=env, capture_output=True, timeout=30
+    )
+    assert _Health.probes == 1, done.stderr  # it ran and probed: a missing interpreter is not "unhealthy"
     assert (done.returncode == 0) is healthy
 
 
