@@ -462,3 +462,30 @@ def test_a_redis_programming_error_stays_a_logged_500(
     assert body["status_code"] == 500 and "WRONGTYPE" not in answer.get_data(as_text=True)
     logged = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], redis.ResponseError)]
     assert logged and "WRONGTYPE" in str(logged[0].exc_info[1])
+
+
+@pytest.mark.parametrize(
+    ("fault", "reads"),
+    # A replica refuses every script without Redis 7's no-writes flag, the key look-up too;
+    # a full Redis still runs it (only its write commands are refused).
+    [("oom", 200), ("readonly", 503)],
+)
+def test_failing_open_keeps_login_closed(
+    fault_redis: RedisServer, admin: redis.Redis, fault: str, reads: int
+) -> None:
+    """RATELIMIT_FAIL_OPEN=true: the limiter falls back, so reads Redis still serves answer
+    200; writes, login and readiness stay 503."""
+    app = create_app({**fault_env(fault_redis), "RATELIMIT_FAIL_OPEN": "true"})
+    gw = Gateway(app, app.test_client(), seed(app, admin))
+    assert_working(gw)
+    if fault == "oom":
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+    else:
+        admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        answers = {route: ask(gw, route)[0] for route in WORKING}
+    finally:
+        end_every_fault(admin)
+    assert answers == {"POST /events": 503, "GET /events": reads, "POST /auth/login": 503, "GET /readyz": 503}
+    heal_and_check(gw)
