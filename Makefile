@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $@
 
-# The gateway on http://127.0.0.1:10000 with its own Redis (data in ./var); Ctrl-C stops both.
+# The gateway on http://127.0.0.1:10000 with its own Redis (data in ./var) and a job worker; Ctrl-C stops all three.
 run: $(VENV)/.installed
 	$(BIN)/python -m devtools.run
 

@@ -1,12 +1,15 @@
-"""`make run`: the gateway in development mode on http://127.0.0.1:10000.
+"""`make run`: the gateway in development mode on http://127.0.0.1:10000, with a job worker.
 
 When ``REDIS_URL`` is unset it first starts a Redis-compatible server of its own
 (devtools.redis_server) with an append-only file under ``var/``, so keys, users
 and sessions survive a restart. The SECRET_KEY is generated once into
 ``var/secret_key`` (mode 0600): sessions and API-key digests stay valid across
-restarts. Both children run in their own sessions so Ctrl-C reaches only this
-process, which then stops gunicorn first (no request sees Redis vanish) and
-Redis last (it flushes its append-only file on SIGTERM).
+restarts. Then gunicorn and a job worker (``flask --app wsgi jobs worker``, so
+``POST /jobs`` gets done). Every child runs in its own session so Ctrl-C reaches
+only this process, which then stops the worker and gunicorn first (no request or
+job sees Redis vanish) and Redis last (it flushes its append-only file on SIGTERM).
+When any child dies the others are stopped too: a half-running gateway would
+only mislead.
 
 Environment: ``GATEWAY_VAR_DIR`` (default ./var), ``GATEWAY_REDIS_PORT`` (default
 the port recorded in var/redis.port, first chosen as 6390 or any free one),
@@ -38,6 +41,7 @@ DEFAULT_PORT = 10000
 DEFAULT_REDIS_PORT = 6390
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+WATCH_INTERVAL = 0.2
 
 
 class Stop(Exception):
@@ -136,7 +140,7 @@ def banner(env: Mapping[str, str], *, own_redis: bool) -> str:
     {prefix} {_flask_command()} --app wsgi keys create --name my-client --scope agents:write
 
   Console {url}/admin/   API {url}/docs   OpenAPI {url}/openapi.json
-  Ctrl-C stops the gateway and Redis.
+  A job worker runs POST /jobs. Ctrl-C stops the gateway, the worker and Redis.
 """
 
 
@@ -166,38 +170,76 @@ def own_redis_server(env: Mapping[str, str]) -> RedisServer:
     return RedisServer(var / "redis", port, persist=True, own_session=True)
 
 
+def _start_child(command: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    # This interpreter's modules, never a bare command name: the venv need not be on PATH.
+    return subprocess.Popen(
+        [sys.executable, *command],
+        cwd=ROOT,
+        env=dict(env),
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+
+
 def start_gunicorn(env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     port = int(env["PORT"])
     if not port_is_free(port):
         raise SystemExit(f"port {port} is in use: stop what listens there or set PORT")
-    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
-    return subprocess.Popen(
-        command, cwd=ROOT, env=dict(env), start_new_session=True, preexec_fn=die_with_parent
-    )
+    return _start_child(["-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], env)
+
+
+def start_job_worker(env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """The production worker command, ``flask --app wsgi jobs worker``."""
+    return _start_child(["-m", "flask", "--app", "wsgi", "jobs", "worker"], env)
+
+
+def watch(children: Mapping[str, subprocess.Popen[bytes] | None]) -> int:
+    """Wait until a child exits (then say which, once) or a signal raises Stop."""
+    while True:
+        for name, process in children.items():
+            if process is not None and process.poll() is not None:
+                print(
+                    f"make run: the {name} exited with status {process.returncode}; "
+                    "stopping the others (its messages are above).",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return process.returncode or 1
+        time.sleep(WATCH_INTERVAL)
 
 
 def serve(env: dict[str, str], own_redis: bool) -> int:
-    """Run Redis (when ours) and gunicorn until a signal or until gunicorn exits."""
+    """Run Redis (when ours), gunicorn and a job worker until a signal or until one of them exits."""
     redis_server: RedisServer | None = None
-    gunicorn: subprocess.Popen[bytes] | None = None
+    users: dict[str, subprocess.Popen[bytes]] = {}  # the children that use Redis
     try:
         if own_redis:
             redis_server = own_redis_server(env)
             redis_server.start()
-        gunicorn = start_gunicorn(env)
-        wait_healthy(gunicorn, f"http://127.0.0.1:{env['PORT']}")
+        users["web server (gunicorn)"] = start_gunicorn(env)
+        wait_healthy(users["web server (gunicorn)"], f"http://127.0.0.1:{env['PORT']}")
+        users["job worker"] = start_job_worker(env)
         print(banner(env, own_redis=own_redis), flush=True)
-        return gunicorn.wait()
+        return watch({**users, "Redis server": redis_server.process if redis_server else None})
     except Stop as stop:
-        print(f"\n{stop}: stopping the gateway and Redis...", file=sys.stderr, flush=True)
+        print(f"\n{stop}: stopping the gateway, the job worker and Redis...", file=sys.stderr, flush=True)
         return 0
     finally:
         # A second Ctrl-C must not interrupt the ordered shutdown below.
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
-        stop_process(gunicorn, STOP_TIMEOUT)
-        if redis_server is not None:
-            redis_server.stop()
+        stop_all(list(users.values()), redis_server)
+
+
+def stop_all(users: list[subprocess.Popen[bytes]], redis_server: RedisServer | None) -> None:
+    """gunicorn and the worker together (each finishes its request or job), then Redis."""
+    running = [process for process in users if process.poll() is None]
+    for process in running:
+        process.terminate()
+    for process in running:
+        stop_process(process, STOP_TIMEOUT)
+    if redis_server is not None:
+        redis_server.stop()
 
 
 def main() -> int:

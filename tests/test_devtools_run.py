@@ -1,7 +1,8 @@
-"""`make run` (devtools.run): its own Redis and gunicorn, settings kept in var/, clean Ctrl-C."""
+"""`make run` (devtools.run): its own Redis, gunicorn and job worker, settings in var/, clean Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -142,6 +143,64 @@ def test_children_do_not_outlive_a_killed_make_run(make_run: MakeRun) -> None:
     make_run.process.kill()
     make_run.process.wait(5)
     wait_gone(children)
+
+
+def cli_key(env: dict[str, str], *scopes: str) -> str:
+    """An API key made the way the README says (`make key`: devtools.cli keys create)."""
+    command = [sys.executable, "-m", "devtools.cli", "keys", "create", "--name", "dev-jobs", "--json"]
+    command += [arg for scope in scopes for arg in ("--scope", scope)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout)["key"])
+
+
+def job_worker_pid(make_run: MakeRun) -> int:
+    assert make_run.process is not None
+    (pid,) = [
+        child
+        for child in descendants(make_run.process.pid)
+        if b"jobs\0worker" in Path(f"/proc/{child}/cmdline").read_bytes()
+        and Path(f"/proc/{child}/stat").read_text().split()[3] == str(make_run.process.pid)
+    ]
+    return pid
+
+
+def test_runs_a_job_worker_whose_jobs_finish_and_ctrl_c_stops_all_three(make_run: MakeRun) -> None:
+    make_run.start()
+    headers = {"Authorization": f"Bearer {cli_key(make_run.env, 'jobs:read', 'jobs:write')}"}
+    posted = requests.post(
+        make_run.url + "/jobs",
+        json={"name": "agent.run", "args": {"prompt": "hi"}},
+        headers=headers,
+        timeout=5,
+    )
+    assert posted.status_code == 202, posted.text
+    job_url = f"{make_run.url}/jobs/{posted.json()['job_id']}"
+    deadline = time.monotonic() + 30
+    while True:
+        answer = requests.get(job_url, headers=headers, timeout=5)
+        assert answer.status_code == 200, answer.text
+        if answer.json()["status"] == "finished":
+            break
+        assert answer.json()["status"] in ("queued", "started"), answer.text
+        assert time.monotonic() < deadline, f"the job never finished:\n{make_run.output()}"
+        time.sleep(0.5)
+    assert make_run.process is not None
+    children = descendants(make_run.process.pid)
+    assert job_worker_pid(make_run) in children
+    assert make_run.interrupt() == 0
+    wait_gone(children)
+
+
+def test_when_one_child_dies_the_others_are_stopped_with_one_line(make_run: MakeRun) -> None:
+    make_run.start()
+    assert make_run.process is not None
+    children = descendants(make_run.process.pid)
+    os.kill(job_worker_pid(make_run), signal.SIGKILL)
+    assert make_run.process.wait(30) != 0
+    wait_gone(children)
+    said = [line for line in make_run.output().splitlines() if "job worker" in line and "exited" in line]
+    assert len(said) == 1 and "Traceback" not in make_run.output(), make_run.output()
 
 
 def test_refuses_a_busy_redis_port_with_one_line(tmp_path: Path) -> None:
