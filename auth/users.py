@@ -145,7 +145,8 @@ def validate_email(email: str) -> str:
     value = normalize_email(email)
     local, _, domain = value.partition("@")
     if not local or "." not in domain or len(value) > MAX_EMAIL_LENGTH or any(c.isspace() for c in value):
-        raise ValueError(f"{email!r} is not an email address")
+        # Quote at most a short prefix: the input may be a hostile megabyte (bounded echoes).
+        raise ValueError(f"{email[:64]!r} is not an email address")
     return value
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 from flask.testing import FlaskClient
 
+from auth import users
 from gateway.echo import ECHO_LIMIT, MARKER, clip
 
 LONG = "z" * 5000
@@ -76,3 +77,10 @@ def test_other_request_ids_are_replaced(client: FlaskClient, offered: str) -> No
     made = answer.headers[HEADER]
     assert made != offered
     assert len(made) == 32 and all(c in "0123456789abcdef" for c in made)
+
+
+def test_a_hostile_email_is_quoted_short() -> None:
+    """An operator's typo may be a pasted megabyte: the CLI and API message quote a short prefix."""
+    with pytest.raises(ValueError, match="is not an email address") as caught:
+        users.validate_email("z" * 5000)
+    assert len(str(caught.value)) < 120
