@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,3 +271,32 @@ def test_a_refused_half_open_trial_frees_the_next_trial(upstream: FakeUpstream) 
     upstream.mode = "normal"
     assert "".join(backend.stream_reply(messages))  # the next call is let through as the trial
     assert backend.breaker.state == CLOSED
+
+
+OUTBOUND_HTTP = {"httpx", "requests", "urllib.request", "http.client", "aiohttp", "urllib3", "pycurl"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # ``from urllib import request`` is urllib.request too.
+            found.update({node.module, *(f"{node.module}.{alias.name}" for alias in node.names)})
+    return found
+
+
+def test_only_the_openai_backend_makes_outbound_http_calls() -> None:
+    """SSRF: no request can pick where the gateway connects; the one HTTP client goes to the
+    configured OPENAI_BASE_URL. A new outbound call has to be added here, on purpose."""
+    root = Path(__file__).resolve().parents[2]
+    callers = {
+        str(path.relative_to(root))
+        for package in ("gateway", "auth", "config")
+        for path in (root / package).rglob("*.py")
+        if any(
+            name.split(".")[0] in OUTBOUND_HTTP or name in OUTBOUND_HTTP for name in _imported_modules(path)
+        )
+    }
+    assert callers == {"gateway/agents/backends/openai.py"}
