@@ -39,3 +39,45 @@ def test_the_two_commands() -> None:
     test_recipe = re.search(r"^test: .*\n((?:\t.*\n?)+)", makefile, re.M)
     assert test_recipe is not None
     assert "\t$(BIN)/python -m pytest" in test_recipe.group(1).splitlines()
+
+
+SECURITY = ROOT / "docs" / "security.md"
+TEST_REFERENCE = re.compile(r"`(tests/[\w/]+\.py)((?:::\w+)+)`")
+OWASP_API_TOP_10 = [f"API{n}" for n in range(1, 11)]
+
+
+def _defined_tests(path: str) -> set[str]:
+    """``name`` and ``Class::name`` of every test function the file defines."""
+    import ast
+
+    tree = ast.parse((ROOT / path).read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            names.update(
+                f"{node.name}::{item.name}" for item in node.body if isinstance(item, ast.FunctionDef)
+            )
+    return {name for name in names if name.split("::")[-1].startswith("test_")}
+
+
+def test_security_doc_names_only_tests_that_exist() -> None:
+    """The threat model cites tests as `tests/<file>.py::<test>`: each must exist, so the doc cannot rot."""
+    references = TEST_REFERENCE.findall(SECURITY.read_text())
+    assert len(references) >= 20, "docs/security.md should cite the tests behind its controls"
+    missing = [
+        f"{path}{name}"
+        for path, name in references
+        if not (ROOT / path).is_file() or name.removeprefix("::") not in _defined_tests(path)
+    ]
+    assert not missing, f"docs/security.md names tests that do not exist: {missing}"
+
+
+def test_threat_model_answers_every_owasp_api_risk_with_a_test() -> None:
+    model = SECURITY.read_text().split("## Threat model", 1)
+    assert len(model) == 2, "docs/security.md needs its '## Threat model' section"
+    rows = {line.split("|")[1].strip(): line for line in model[1].splitlines() if line.startswith("| API")}
+    for risk in OWASP_API_TOP_10:
+        row = next((line for key, line in rows.items() if key.startswith(f"{risk} ")), "")
+        assert TEST_REFERENCE.search(row), f"{risk} needs a row with the control and a test that proves it"
