@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from flask import current_app, request
 
 from auth.loaders import presented_key
+from config.allowlists import origin_allowed
 from gateway.errors import APIError
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -27,7 +28,8 @@ def request_source() -> str | None:
     """The origin that sent this request: ``Origin``, else the origin part of ``Referer``."""
     origin = request.headers.get("Origin")
     if origin:
-        return origin.strip().rstrip("/")
+        # As sent: browsers never add a path or slash, and CORS sees the same value.
+        return origin.strip()
     referer = request.headers.get("Referer")
     if referer:
         parts = urlsplit(referer)
@@ -37,8 +39,14 @@ def request_source() -> str | None:
     return None
 
 
-def allowed_origins() -> set[str]:
-    return {request.host_url.rstrip("/"), *current_app.config.get("CORS_ORIGINS", ())}
+def source_allowed(source: str) -> bool:
+    """The gateway itself (its Host, checked against ALLOWED_HOSTS), or an allowed CORS origin.
+
+    The one matcher of config/allowlists.py, so this check and the CORS answer agree on every
+    origin, the ``https://*.example.com`` form included.
+    """
+    own = request.host_url.rstrip("/")
+    return source.casefold() == own.casefold() or origin_allowed(source, current_app.config["CORS_ORIGINS"])
 
 
 def check_origin() -> None:
@@ -55,5 +63,5 @@ def check_origin() -> None:
         return
     if not has_cookie and request.endpoint not in LOGIN_ENDPOINTS:
         return
-    if source.lower() not in {o.lower() for o in allowed_origins()}:
+    if not source_allowed(source):
         raise APIError(403, "Forbidden", "Cross-site request refused: the Origin is not allowed.")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from config.allowlists import parse_hosts, parse_origins
 from config.parsers import (
     ConfigError,
     parse_bool,
@@ -22,7 +23,6 @@ from config.parsers import (
     parse_int,
     parse_limit,
     parse_limits,
-    parse_origins,
     parse_redis_url,
     parse_str,
     parse_url_or_path,
@@ -44,11 +44,24 @@ MIN_SECRET_LENGTH = 32
 
 @dataclass(frozen=True)
 class Setting:
-    """One environment variable: how to parse it and its default per environment."""
+    """One environment variable: how to parse it and its default per environment.
+
+    A callable default is called with the environment and gives the default as text (a
+    setting whose default depends on the platform, such as RENDER)."""
 
     env: str
     parse: Callable[[str, str], Any]
     default: Any = None
+
+
+def _proxies_on_render(env: Mapping[str, str]) -> str:
+    """TRUSTED_PROXY_COUNT's default: Render's one proxy where RENDER is set, none elsewhere."""
+    return "1" if env.get("RENDER", "").strip() else "0"
+
+
+def _render_hostname(env: Mapping[str, str]) -> str:
+    """ALLOWED_HOSTS's production default: Render's public name of the service, else any host."""
+    return env.get("RENDER_EXTERNAL_HOSTNAME", "").strip()
 
 
 # The one table of environment variables (CONTRACT section 2 plus operational knobs).
@@ -67,9 +80,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GUNICORN_KEEPALIVE", parse_int, 5),
     Setting("GUNICORN_MAX_REQUESTS", parse_int, 0),
     Setting("GUNICORN_LOG_LEVEL", parse_choice("debug", "info", "warning", "error", "critical"), "info"),
-    Setting("TRUSTED_PROXY_COUNT", parse_int, 1),
+    # Render sets RENDER (and RENDER_EXTERNAL_HOSTNAME, the service's public name) itself.
+    Setting("RENDER", parse_str, ""),
+    Setting("RENDER_EXTERNAL_HOSTNAME", parse_str, ""),
+    # 1 only where a proxy is known to stand in front (Render): elsewhere, as with a bare
+    # `docker run -p`, believing X-Forwarded-For would let clients pick their counted IP.
+    Setting("TRUSTED_PROXY_COUNT", parse_int, _proxies_on_render),
     Setting("FORCE_HTTPS", parse_bool, True),
     Setting("CORS_ORIGINS", parse_origins, ()),
+    # Host values served (config/allowlists.py); empty: any. Production defaults to Render's name.
+    Setting("ALLOWED_HOSTS", parse_hosts, ()),
     # Admin console sessions (server-side in Redis): idle and absolute lifetimes.
     Setting("SESSION_IDLE_MINUTES", parse_int, 30),
     Setting("SESSION_ABSOLUTE_HOURS", parse_int, 12),
@@ -139,14 +159,20 @@ class Config:
         """Parse every variable of SETTINGS from ``environ`` into a Flask config dict."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {k: getattr(cls, k) for k in dir(cls) if k.isupper()}
+        given: set[str] = set()
         for setting in SETTINGS:
             raw = env.get(setting.env)
             if raw is None or raw.strip() == "":
                 default = cls.DEFAULTS.get(setting.env, setting.default)
+                if callable(default):  # a default that depends on the platform (RENDER...)
+                    default = default(env)
                 values[setting.env] = _parse_default(setting, default)
             else:
                 values[setting.env] = setting.parse(setting.env, raw.strip())
+                given.add(setting.env)
         values["FLASK_ENV"] = cls.ENV_NAME
+        # Which settings the environment set (the rest took defaults): start-up logs say why.
+        values["SETTINGS_FROM_ENV"] = frozenset(given)
         cls.validate(values)
         return values
 
@@ -176,9 +202,10 @@ def _parse_default(setting: Setting, default: Any) -> Any:
 
 
 class ProductionConfig(Config):
-    """The default: https, secure cookies, one trusted proxy (Render), strict secrets."""
+    """The default: https, secure cookies, strict secrets; on Render, its proxy and hostname."""
 
     ENV_NAME = "production"
+    DEFAULTS = {"ALLOWED_HOSTS": _render_hostname}
     REQUIRED = ("SECRET_KEY", "REDIS_URL")
     # The __Host- prefix makes browsers refuse the cookie unless it is Secure, for Path=/ and
     # without Domain: a sibling subdomain or a plain-http page cannot plant or shadow it.
@@ -207,7 +234,6 @@ class DevelopmentConfig(Config):
         "SECRET_KEY": "development-only-secret-key-not-for-production",
         # The Redis `make run` starts (devtools.run), not a system Redis on 6379.
         "REDIS_URL": "redis://127.0.0.1:6390/0",
-        "TRUSTED_PROXY_COUNT": 0,
         "FORCE_HTTPS": False,
     }
 
@@ -221,7 +247,6 @@ class TestingConfig(Config):
     REQUIRED = ("REDIS_URL",)
     DEFAULTS = {
         "SECRET_KEY": "testing-secret-key-that-is-long-enough-0123456789",
-        "TRUSTED_PROXY_COUNT": 0,
         "FORCE_HTTPS": False,
         "AGENT_BUILTIN_DELAY_MS": 0,
         "ACCESS_LOG_FLUSH_MS": 0,  # tests read log lines right after each request

@@ -91,16 +91,6 @@ def parse_url_or_path(name: str, raw: str) -> str:
     return parse_http_url(name, raw)
 
 
-def parse_origins(name: str, raw: str) -> tuple[str, ...]:
-    """A comma-separated allow-list of origins; '*' is refused because it cannot carry credentials."""
-    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
-    for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ConfigError(f"{name} entries must be origins like https://app.example.com, got {origin!r}")
-    return origins
-
-
 def parse_choice(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         if raw not in choices:

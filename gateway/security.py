@@ -17,7 +17,10 @@ on every answer (browsers ignore it on plain http, so that is harmless).
 
 from __future__ import annotations
 
+import logging
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, Response, current_app, redirect, request
 from flask_cors import CORS
@@ -25,6 +28,7 @@ from flask_talisman import Talisman
 from werkzeug.datastructures import Headers
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from config.allowlists import host_allowed
 from gateway.errors import APIError
 from gateway.health import HEALTH_ENDPOINTS, HEALTH_PATHS
 
@@ -72,16 +76,31 @@ CORS_EXPOSE_HEADERS = [
 ]
 CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 CORS_MAX_AGE = 600
+log = logging.getLogger(__name__)
 
 
 def _is_health() -> bool:
     return request.endpoint in HEALTH_ENDPOINTS or request.path in HEALTH_PATHS
 
 
+def refuse_foreign_host() -> None:
+    """before_request: 400 for a Host that is not in ALLOWED_HOSTS (or is malformed); probes exempt.
+
+    Checked here rather than with Flask's TRUSTED_HOSTS: that one fails the request while it
+    is routed, so the health probes (whose Host is the platform's, not ours) could not be
+    exempted. The https redirect and ``request.host_url`` (the Origin check) come after it.
+    """
+    if _is_health():
+        return
+    if not host_allowed(request.host, request.scheme, current_app.config["ALLOWED_HOSTS"]):
+        raise APIError(400, "Bad Request", "The Host header names a host this gateway does not serve.")
+
+
 def redirect_to_https() -> Response | None:
     """before_request (FORCE_HTTPS): plain http goes to https, health probes excepted."""
     if request.is_secure or _is_health():
         return None
+    # The target is built from request.host, which refuse_foreign_host (run first) has checked.
     # 308 keeps the method and body, so a POST is not silently turned into a GET.
     return redirect(request.url.replace("http://", "https://", 1), code=308)
 
@@ -136,8 +155,18 @@ def finish_headers(response: Response) -> Response:
     return response
 
 
+def _proxy_reason(config: Mapping[str, Any]) -> str:
+    if "TRUSTED_PROXY_COUNT" in config.get("SETTINGS_FROM_ENV", ()):
+        return "set in the environment"
+    if config.get("RENDER"):
+        return "the default because RENDER is set: Render's proxy stands in front"
+    return "the default because RENDER is not set: X-Forwarded-* headers are ignored"
+
+
 def _init_proxy_fix(app: Flask) -> None:
     hops = app.config["TRUSTED_PROXY_COUNT"]
+    # Which proxies are believed decides the client IP every per-IP limit counts: say it once.
+    log.info("trusted proxies: TRUSTED_PROXY_COUNT=%d (%s)", hops, _proxy_reason(app.config))
     if hops:
         # Exactly ``hops`` proxies are believed; anything a client adds before them is ignored.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -184,8 +213,9 @@ def _init_cors(app: Flask) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """ProxyFix, https redirect, body limit, Talisman, CORS; call before the limiter and auth."""
+    """ProxyFix, Host check, https redirect, body limit, Talisman, CORS; before the limiter and auth."""
     _init_proxy_fix(app)
+    app.before_request(refuse_foreign_host)
     if app.config["FORCE_HTTPS"]:
         app.before_request(redirect_to_https)
     app.before_request(refuse_large_body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,48 @@ REFUSED = [
     ({"AGENT_BACKEND": "openai", "OPENAI_BASE_URL": "api.openai.com/v1"}, "OPENAI_BASE_URL"),
     ({"CORS_ORIGINS": "*"}, "CORS_ORIGINS"),
     ({"CORS_ORIGINS": "https://ok.example.com,not-an-origin"}, "CORS_ORIGINS"),
+    # Anything that looks like a pattern except "https://*.<domain>", or is not an origin:
+    # Flask-CORS would take a string with regex characters as an unanchored regex.
+    *(
+        ({"CORS_ORIGINS": bad}, "CORS_ORIGINS")
+        for bad in (
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "app.example.com",
+            "//app.example.com",
+            "null",
+            "ftp://app.example.com",
+            "https://",
+            "https://user@app.example.com",
+            "https://app.example.com?x=1",
+            "https://app.example.com#top",
+            "https://app.example.com:99999",
+            "https://app.example.com:0",
+            r"https://app\.example\.com",
+            "https://app.example.(com|net)",
+            "https://app.example.com$",
+            "^https://app.example.com",
+            "https://[a-z]+.example.com",
+            "https://app.example.co?",
+            "https://*",
+            "https://*.com",
+            "https://*example.com",
+            "https://a.*.example.com",
+            "https://*.*.example.com",
+            "https://*.example.com:8443",
+            "https://*.example.com/",
+            "http://*.example.com",
+            "*.example.com",
+            "https://ok.example.com,*",
+        )
+    ),
+    ({"ALLOWED_HOSTS": "https://api.example.com"}, "ALLOWED_HOSTS"),
+    ({"ALLOWED_HOSTS": "api.example.com/"}, "ALLOWED_HOSTS"),
+    ({"ALLOWED_HOSTS": "*"}, "ALLOWED_HOSTS"),
+    ({"ALLOWED_HOSTS": "*.example.com"}, "ALLOWED_HOSTS"),
+    ({"ALLOWED_HOSTS": "api.example.com:http"}, "ALLOWED_HOSTS"),
+    ({"ALLOWED_HOSTS": "api.example.com:70000"}, "ALLOWED_HOSTS"),
+    ({"ALLOWED_HOSTS": "bad host"}, "ALLOWED_HOSTS"),
     ({"COMMAND_CENTER_URL": "javascript:alert(1)"}, "COMMAND_CENTER_URL"),
     ({"PORT": "http"}, "PORT"),
     ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
@@ -56,7 +99,8 @@ def test_production_is_the_default_with_the_contract_defaults() -> None:
     config = load_config(PRODUCTION)
     assert config["FLASK_ENV"] == "production"
     assert config["DEBUG"] is False and config["TESTING"] is False
-    assert config["FORCE_HTTPS"] is True and config["TRUSTED_PROXY_COUNT"] == 1
+    assert config["FORCE_HTTPS"] is True and config["TRUSTED_PROXY_COUNT"] == 0
+    assert config["ALLOWED_HOSTS"] == ()
     assert config["SESSION_COOKIE_SECURE"] is True and config["SESSION_COOKIE_HTTPONLY"] is True
     assert (config["PORT"], config["WEB_CONCURRENCY"]) == (10000, 2)
     assert config["CORS_ORIGINS"] == ()
@@ -80,7 +124,8 @@ def test_values_are_parsed_from_the_environment() -> None:
         {
             **PRODUCTION,
             "REDIS_URL": "rediss://:pw@cache.internal:6380/2",
-            "CORS_ORIGINS": "https://app.example.com, https://admin.example.com/",
+            "CORS_ORIGINS": "https://app.example.com, https://Admin.Example.com:8443, http://[::1]:3000",
+            "ALLOWED_HOSTS": "API.example.com, .example.org, localhost:8080, [::1]:10000",
             "RATELIMIT_DEFAULT": "100/minute",
             "RATELIMIT_FAIL_OPEN": "yes",
             "WEB_CONCURRENCY": "4",
@@ -90,12 +135,43 @@ def test_values_are_parsed_from_the_environment() -> None:
         }
     )
     assert config["REDIS_URL"] == "rediss://:pw@cache.internal:6380/2"
-    assert config["CORS_ORIGINS"] == ("https://app.example.com", "https://admin.example.com")
+    assert config["CORS_ORIGINS"] == (
+        "https://app.example.com",
+        "https://admin.example.com:8443",
+        "http://[::1]:3000",
+    )
+    assert config["ALLOWED_HOSTS"] == ("api.example.com", ".example.org", "localhost:8080", "[::1]:10000")
     assert config["RATELIMIT_DEFAULT"] == "100/minute" and config["RATELIMIT_FAIL_OPEN"] is True
     assert config["WEB_CONCURRENCY"] == 4
     assert config["OPENAI_BASE_URL"] == "https://llm.example.com/v1"
     assert config["ENABLE_STREAMING"] is False
     assert load_config({**PRODUCTION, "REDIS_URL": "unix:///run/redis.sock"})["REDIS_URL"].startswith("unix:")
+
+
+@pytest.mark.parametrize("name", ["production", "development", "testing"])
+def test_one_trusted_proxy_only_on_render(name: str) -> None:
+    base = {**PRODUCTION, "FLASK_ENV": name}
+    assert load_config(base)["TRUSTED_PROXY_COUNT"] == 0
+    assert load_config({**base, "RENDER": "true"})["TRUSTED_PROXY_COUNT"] == 1
+    assert load_config({**base, "RENDER": "true", "TRUSTED_PROXY_COUNT": "0"})["TRUSTED_PROXY_COUNT"] == 0
+    assert load_config({**base, "TRUSTED_PROXY_COUNT": "2"})["TRUSTED_PROXY_COUNT"] == 2
+
+
+def test_allowed_hosts_default_to_render_hostname_in_production_only() -> None:
+    render = {**PRODUCTION, "RENDER": "true", "RENDER_EXTERNAL_HOSTNAME": "gw.onrender.com"}
+    assert load_config(render)["ALLOWED_HOSTS"] == ("gw.onrender.com",)
+    assert load_config({**render, "ALLOWED_HOSTS": "api.example.com"})["ALLOWED_HOSTS"] == (
+        "api.example.com",
+    )
+    assert load_config({**render, "FLASK_ENV": "development"})["ALLOWED_HOSTS"] == ()
+
+
+def test_a_wildcard_origin_becomes_an_anchored_pattern() -> None:
+    (pattern,) = load_config({**PRODUCTION, "CORS_ORIGINS": "https://*.Example.com"})["CORS_ORIGINS"]
+    assert isinstance(pattern, re.Pattern)
+    assert pattern.match("https://a.example.com") and pattern.match("https://a.b.example.com")
+    for miss in ("https://example.com", "https://a.example.com.evil.net", "https://a.example.com\n"):
+        assert not pattern.match(miss)
 
 
 @pytest.mark.parametrize(("env", "variable"), REFUSED)

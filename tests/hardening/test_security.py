@@ -98,7 +98,7 @@ def production_app(make_app: Callable[..., Flask], **env: str) -> Flask:
 
 
 def test_https_redirect_with_health_exempt(make_app: Callable[..., Flask]) -> None:
-    client = production_app(make_app).test_client()  # FORCE_HTTPS and one trusted proxy by default
+    client = production_app(make_app, RENDER="true").test_client()  # FORCE_HTTPS; Render: one trusted proxy
     answer = client.post("/_probe/json?x=1", json={"name": "a"})
     assert answer.status_code == 308  # keeps the method and body
     assert answer.headers["Location"] == "https://localhost/_probe/json?x=1"
@@ -113,6 +113,21 @@ def test_https_redirect_with_health_exempt(make_app: Callable[..., Flask]) -> No
 def test_forwarded_proto_is_not_believed_without_a_trusted_proxy(make_app: Callable[..., Flask]) -> None:
     client = production_app(make_app, TRUSTED_PROXY_COUNT="0").test_client()
     assert client.get("/", headers={"X-Forwarded-Proto": "https"}).status_code == 308
+    off_render = production_app(make_app).test_client()  # the default off Render: no proxy believed
+    assert off_render.get("/", headers={"X-Forwarded-Proto": "https"}).status_code == 308
+
+
+def test_the_redirect_never_points_at_a_forwarded_foreign_host(make_app: Callable[..., Flask]) -> None:
+    """Behind the trusted proxy, X-Forwarded-Host is the Host: it meets ALLOWED_HOSTS like one."""
+    client = production_app(make_app, RENDER="true", ALLOWED_HOSTS="api.example.com").test_client()
+    forged = client.get(
+        "/docs", base_url="http://api.example.com", headers={"X-Forwarded-Host": "evil.example"}
+    )
+    assert forged.status_code == 400 and "Location" not in forged.headers
+    assert forged.get_json()["status_code"] == 400
+    assert_armoured(forged)
+    fine = client.get("/docs", base_url="http://api.example.com")
+    assert fine.headers["Location"] == "https://api.example.com/docs"
 
 
 def test_cors_allow_list(make_app: Callable[..., Flask]) -> None:
