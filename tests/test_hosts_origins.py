@@ -7,15 +7,19 @@ on every near miss below. Hosts: a forged Host must neither be served nor become
 
 from __future__ import annotations
 
+import http.client
 import json
 import secrets
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from devtools.gunicorn import GunicornServer
 from gateway import create_app
 
 WILDCARD = "https://*.example.com"
@@ -222,3 +226,36 @@ def test_a_spoofed_forwarded_for_does_not_reset_the_anonymous_limit(make_app: Ca
     ]
     assert statuses[:30] == [200] * 30
     assert statuses[30] == 429
+
+
+def raw_get(url: str, path: str, host: str) -> tuple[int, dict[str, str], bytes]:
+    """A GET with exactly this Host header, as a client on the network would send it."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        answer = conn.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.gunicorn
+def test_hosts_and_the_proxy_default_through_gunicorn(
+    gunicorn: Callable[..., GunicornServer], tmp_path: Path
+) -> None:
+    env = {
+        "FLASK_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "ALLOWED_HOSTS": "api.example.com",
+    }
+    server = gunicorn(workers=2, env={**env, "RENDER": ""})  # as off Render, whatever this machine is
+    status, headers, body = raw_get(server.url, "/docs", "evil.example")
+    assert status == 400 and "Location" not in headers
+    assert json.loads(body)["status_code"] == 400
+    status, headers, _ = raw_get(server.url, "/docs", "api.example.com")
+    assert status == 308 and headers["Location"] == "https://api.example.com/docs"
+    assert raw_get(server.url, "/healthz", "evil.example")[0] == 200
+    logged = (tmp_path / "gunicorn-0.log").read_text()
+    lines = [line for line in logged.splitlines() if "trusted proxies:" in line]
+    assert lines and all("TRUSTED_PROXY_COUNT=0" in line and "RENDER is not set" in line for line in lines)
