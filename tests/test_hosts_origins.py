@@ -46,6 +46,9 @@ NEAR_MISSES = [
     "https://evil.net?.example.com",
     "https://evil.net#.example.com",
     "https://evil.netxexample.com",
+    "xhttps://a.example.com",  # prefixes
+    "https://https://a.example.com",
+    "https://evil.net/https://a.example.com",
     "https://.example.com",
     "https://a..example.com",
     "https://-a.example.com",
