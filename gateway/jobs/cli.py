@@ -18,21 +18,25 @@ jobs_cli = AppGroup("jobs", help="Background jobs (RQ) over the gateway's Redis.
 def worker(burst: bool) -> None:
     """Run jobs from the gateway queue until SIGTERM/SIGINT (a warm shutdown finishes the current job)."""
     # Imported here: the group is registered on every app, but only this command needs rq.
-    from rq import Worker
+    from rq.worker import DequeueStrategy
 
     from gateway.jobs import tasks
+    from gateway.jobs.worker import GatewayWorker
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     tasks.set_worker_app(app)  # forked work horses inherit it: jobs run with this configuration
     connection = rq_connection(app.config)
-    queue = get_queue(connection)
-    rq_worker = Worker([queue], connection=connection, serializer=serializer())
+    # It listens on every owner's queue (found anew before each dequeue), served in turn.
+    rq_worker = GatewayWorker([get_queue(connection)], connection=connection, serializer=serializer())
     # RQ takes SIGINT/SIGTERM for its warm shutdown; give them back when it returns
     # (matters when the command runs inside another program, e.g. a test runner).
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        # The scheduler moves retries with a backoff interval back onto the queue when due.
-        rq_worker.work(burst=burst, with_scheduler=True, logging_level=app.config["LOG_LEVEL"])
+        # The worker itself moves due retries back onto their queues (RQ's scheduler process
+        # would watch only the queues that existed when it started).
+        rq_worker.work(
+            burst=burst, logging_level=app.config["LOG_LEVEL"], dequeue_strategy=DequeueStrategy.ROUND_ROBIN
+        )
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)

@@ -12,6 +12,7 @@ for every worker whether or not it ever touches a job.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from rq import Queue
     from rq.serializers import JSONSerializer
 
-QUEUE_NAME = "gateway"
+QUEUE_NAME = "gateway"  # the shared queue of earlier releases; workers still drain it
+OWNER_QUEUE_PREFIX = QUEUE_NAME + ".owner."
 EXTENSION_KEY = "gateway.jobs.redis"
 
 
@@ -48,14 +50,44 @@ def app_connection(app: Flask | None = None) -> redis.Redis:
     return (app or current_app).extensions[EXTENSION_KEY]
 
 
-def get_queue(connection: redis.Redis) -> Queue:
+def owner_queue_name(owner: str) -> str:
+    """Each owner's jobs wait in a queue of their own, so workers can take turns between owners.
+
+    Named by a digest: owner ids stay out of RQ's key names and logs, and any id makes a name.
+    """
+    return OWNER_QUEUE_PREFIX + hashlib.sha256(owner.encode()).hexdigest()[:24]
+
+
+def get_queue(connection: redis.Redis, owner: str | None = None) -> Queue:
     from rq import Queue
 
-    return Queue(QUEUE_NAME, connection=connection, serializer=serializer())
+    name = QUEUE_NAME if owner is None else owner_queue_name(owner)
+    return Queue(name, connection=connection, serializer=serializer())
+
+
+def is_gateway_queue(name: str) -> bool:
+    return name == QUEUE_NAME or name.startswith(OWNER_QUEUE_PREFIX)
+
+
+def gateway_queues(connection: redis.Redis) -> list[Queue]:
+    """Every queue the gateway enqueues to, as RQ registers them (its ``rq:queues`` set)."""
+    from rq import Queue
+
+    queues = Queue.all(connection=connection, serializer=serializer())
+    return sorted((q for q in queues if is_gateway_queue(q.name)), key=lambda q: q.name)
 
 
 def queue_depths(r: redis.Redis) -> dict[str, int]:
-    """Jobs waiting per queue (for Prometheus); works with any client, one LLEN."""
+    """Jobs waiting, all owners together (one label: owners are unbounded and private)."""
     from rq import Queue
 
-    return {QUEUE_NAME: int(r.llen(Queue.redis_queue_namespace_prefix + QUEUE_NAME))}
+    names = [_text(n) for n in r.smembers(Queue.redis_queues_keys)]
+    keys = [n for n in names if is_gateway_queue(n.removeprefix(Queue.redis_queue_namespace_prefix))]
+    pipe = r.pipeline(transaction=False)
+    for name in keys:
+        pipe.llen(name)
+    return {QUEUE_NAME: sum(int(n) for n in pipe.execute()) if keys else 0}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

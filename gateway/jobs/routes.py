@@ -34,9 +34,21 @@ class JobIn(Schema):
 
 
 class JobsQuery(Schema):
-    limit: int = Field(default=50, ge=1, le=100)
+    """Paging, newest first: jobs older than job ``after``; admin may pick one ``owner``."""
 
-    error_messages = {"limit": "limit must be an integer between 1 and 100"}
+    limit: int = Field(default=50, ge=1, le=100)
+    after: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{32}$", description="A job id from the last page"
+    )
+    owner: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Admin only: that owner's jobs"
+    )
+
+    error_messages = {
+        "limit": "limit must be an integer between 1 and 100",
+        "after": "after must be a job id from an earlier page",
+        "owner": "owner must be 1 to 200 characters",
+    }
 
 
 class JobQueued(BaseModel):
@@ -54,7 +66,7 @@ class JobSummary(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobSummary]
-    total: int
+    total: int = Field(description="Every job of the listing, not only this page")
 
 
 class JobDetail(JobSummary):
@@ -135,7 +147,16 @@ def list_jobs() -> Response:
     from gateway.jobs import service
 
     query = parse_query(JobsQuery)
-    jobs, total = service.list_jobs(app_connection(), owner=_viewer(), limit=query.limit)
+    owner = _viewer()
+    if query.owner is not None:
+        if owner is not None:
+            raise APIError(403, "Forbidden", "Only admin may list another owner's jobs.")
+        owner = query.owner
+    try:
+        jobs, total = service.list_jobs(app_connection(), owner=owner, limit=query.limit, after=query.after)
+    except service.UnknownCursor:
+        raise APIError(400, JobsQuery.error_messages["after"]) from None
+    # The next page: pass the last job's id as ``after``.
     return jsonify({"jobs": jobs, "total": total})
 
 

@@ -18,8 +18,9 @@ import redis
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry
 
-from gateway.jobs import limits
+from gateway.jobs import guard, limits
 from gateway.jobs.queue import get_queue, serializer
 from gateway.jobs.registry import RetryPolicy, get_spec, validate_args
 from gateway.jobs.tasks import ENTRY_POINT, ERROR_META
@@ -44,6 +45,7 @@ STATUS_NAMES: dict[str, str] = {
 }
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 FINAL_STATUSES = frozenset({"finished", "failed", "canceled"})
+STOP_ATTEMPTS, STOP_RETRY_SECONDS = 20, 0.05
 
 
 class JobNotFound(Exception):
@@ -80,7 +82,7 @@ def enqueue(
         pipe.zadd(index, {job_id: time.time()})
         pipe.zremrangebyrank(index, 0, -INDEX_MAX - 1)
     pipe.execute()
-    get_queue(conn).enqueue(
+    get_queue(conn, owner).enqueue(
         ENTRY_POINT,
         args=(spec.name, clean),
         job_id=job_id,
@@ -152,10 +154,22 @@ def fetch(conn: redis.Redis, job_id: str, *, owner: str | None) -> Job:
     return job
 
 
-def list_jobs(conn: redis.Redis, *, owner: str | None, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """Newest first: up to ``limit`` job summaries and how many the index holds."""
+class UnknownCursor(ValueError):
+    """``after`` names no job of the listing."""
+
+
+def list_jobs(
+    conn: redis.Redis, *, owner: str | None, limit: int, after: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """Newest first: up to ``limit`` job summaries older than job ``after``, and how many there are."""
     index = index_key(owner)
-    ids = [i.decode() if isinstance(i, bytes) else i for i in conn.zrevrange(index, 0, limit - 1)]
+    start = 0
+    if after is not None:
+        rank = conn.zrevrank(index, after) if JOB_ID.fullmatch(after) else None
+        if rank is None:
+            raise UnknownCursor(after)
+        start = int(rank) + 1
+    ids = [_text(i) for i in conn.zrevrange(index, start, start + limit - 1)]
     jobs = Job.fetch_many(ids, connection=conn, serializer=serializer())
     gone = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None]
     if gone:
@@ -163,20 +177,37 @@ def list_jobs(conn: redis.Redis, *, owner: str | None, limit: int) -> tuple[list
     return [summary(job) for job in jobs if job is not None], int(conn.zcard(index))
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def cancel(conn: redis.Redis, job_id: str, *, owner: str | None) -> Job:
-    """Cancel a waiting job, or ask the worker running it to stop. Raises JobAlreadyDone."""
+    """Cancel a waiting job, or ask the worker running it to stop. Raises JobAlreadyDone.
+
+    The decision is one script against the worker's claim (gateway.jobs.guard): a job this
+    returns as canceled will never run.
+    """
     job = fetch(conn, job_id, owner=owner)
-    status = status_of(job)
-    if status in FINAL_STATUSES:
-        raise JobAlreadyDone(status)
-    try:
-        if status == "started":
-            send_stop_job_command(conn, job.id, serializer=serializer())
-        else:
-            job.cancel()
-    except InvalidJobOperation:
-        # It moved on between our read and the cancel: report what it is now.
-        job.refresh()
-        raise JobAlreadyDone(status_of(job)) from None
+    outcome = guard.cancel(conn, job.id)
+    if outcome == "gone":
+        raise JobNotFound
+    if outcome == "canceled":
+        # RQ's bookkeeping of canceled jobs; the status is already set, atomically.
+        CanceledJobRegistry(job.origin, connection=conn, serializer=serializer()).add(job)
+    elif outcome == "started":
+        _ask_to_stop(conn, job)
+    else:
+        ended = outcome.removeprefix("ended:")
+        raise JobAlreadyDone(STATUS_NAMES.get(ended, ended))
     job.refresh()
     return job
+
+
+def _ask_to_stop(conn: redis.Redis, job: Job) -> None:
+    """Stop a running job. Its start is claimed a moment before the work horse names its worker."""
+    for _ in range(STOP_ATTEMPTS):
+        try:
+            send_stop_job_command(conn, job.id, serializer=serializer())
+            return
+        except InvalidJobOperation:
+            time.sleep(STOP_RETRY_SECONDS)
