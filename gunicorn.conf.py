@@ -10,8 +10,11 @@ cooperative by gevent's monkey-patching, done by the worker before it loads the
 app (hence no ``preload_app``: the app must be imported after the patching).
 
 Shutdown: SIGTERM (Docker stop, a Render deploy) is graceful: workers stop
-accepting, finish in-flight requests and streams for up to
-GUNICORN_GRACEFUL_TIMEOUT seconds, then are killed. SIGINT/SIGQUIT stop at once.
+accepting, finish in-flight requests for up to GUNICORN_GRACEFUL_TIMEOUT seconds,
+then are killed. Open streams get a quarter of that (at most 5 s) to finish, then
+end with ``event: error`` ``server_restarting`` and a ``retry:`` hint, so that
+clients reconnect to a live worker instead of being cut (post_worker_init below).
+SIGINT/SIGQUIT stop at once.
 
 Every value comes from the environment through config.SETTINGS, so a bad one is
 refused here, in the master, with one line, instead of crash-looping workers.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from config import ConfigError, load_config
 
@@ -55,3 +59,11 @@ max_requests_jitter = max_requests // 10
 _SHM = "/dev/shm"  # noqa: S108 - heartbeat files only, no data
 if os.path.isdir(_SHM):
     worker_tmp_dir = _SHM
+
+
+def post_worker_init(worker: Any) -> None:
+    """Streams watch the worker: once it stops (SIGTERM, max_requests, a lost master) they
+    end resumably, well inside graceful_timeout, instead of being killed mid-frame."""
+    from gateway.agents.streaming import watch_shutdown  # the app is loaded by now
+
+    watch_shutdown(lambda: not worker.alive, grace_seconds=min(5.0, graceful_timeout / 4))

@@ -113,6 +113,10 @@ SETTINGS: tuple[Setting, ...] = (
     # failures and refuses at once for the cool-down, then lets one trial call through.
     Setting("OPENAI_BREAKER_FAILURES", parse_int, 5),
     Setting("OPENAI_BREAKER_COOLDOWN_SECONDS", parse_float, 30.0),
+    # What one reply may cost upstream: the history sent (estimated tokens, newest messages
+    # and the system prompt kept) and the reply's max_tokens.
+    Setting("AGENT_HISTORY_TOKENS", parse_int, 8192),
+    Setting("OPENAI_MAX_TOKENS", parse_int, 1024),
     Setting("ENABLE_METRICS", parse_bool, True),
     Setting("ENABLE_STREAMING", parse_bool, True),
     Setting("MAX_CONTENT_LENGTH", parse_int, 1024 * 1024),
@@ -187,6 +191,7 @@ class Config:
         positive = ("PORT", "WEB_CONCURRENCY", "MAX_CONTENT_LENGTH", "STREAM_MAX_SECONDS")
         positive += ("SESSION_IDLE_MINUTES", "SESSION_ABSOLUTE_HOURS")
         positive += ("EVENTS_MAX_BYTES", "EVENTS_RETENTION_DAYS", "AGENT_SESSIONS_MAX", "JOBS_QUEUED_MAX")
+        positive += ("AGENT_HISTORY_TOKENS", "OPENAI_MAX_TOKENS")
         for name in (*positive, "WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT"):
             if values[name] <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {values[name]}")

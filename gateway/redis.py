@@ -227,6 +227,11 @@ class KEYS:
     def agent_stream_slots(owner: str) -> str:
         return key("agents", "streams", owner)
 
+    @staticmethod
+    def agent_reply_claim(session_id: str, message_id: str) -> str:
+        """The stream answering one user message (one reply per message)."""
+        return key("agents", "reply", session_id, message_id)
+
     # events
     @staticmethod
     def events_stream() -> str:

@@ -7,7 +7,9 @@ records) and ``streaming`` (the SSE response).
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from auth import current_identity, require_scope
@@ -15,14 +17,24 @@ from auth.identity import Identity
 from auth.scopes import ADMIN, AGENTS_READ, AGENTS_WRITE
 from gateway.agents import schemas, service, streaming
 from gateway.agents.backends import backend_from_config
-from gateway.agents.sse import FrameLog, ResumePoint, find_resume_point, new_stream_id
+from gateway.agents.sse import (
+    DONE,
+    RUNNING,
+    FrameLog,
+    MalformedEventId,
+    ResumePoint,
+    find_resume_point,
+    new_stream_id,
+)
 from gateway.api import endpoint, parse_json, parse_query
 from gateway.errors import APIError
 from gateway.extensions import get_redis
+from gateway.redis import KEYS
 
 bp = Blueprint("agents", __name__, url_prefix="/agents")
 TAGS = ("agents",)
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+NOTHING_LEFT = object()  # a resume with nothing to send: 204
 
 
 def _identity() -> Identity:
@@ -117,14 +129,21 @@ def session_messages(session_id: str) -> Response:
     responses={
         200: "`event: message` frames with JSON data (`delta`, then `done`); failures as `event: error`. "
         "Every frame has an `id:`; reconnect with `Last-Event-ID` to get only the missing frames.",
-        204: "Resumed with the id of a finished stream's last frame: nothing left to send.",
+        204: "Resumed with the id of a finished stream's last frame, or with an id no longer kept "
+        "once the reply is stored: nothing left to send.",
+        400: "`Last-Event-ID` is not an id this gateway sends.",
         404: schemas.SESSION_NOT_FOUND,
+        409: "`Last-Event-ID` names no kept stream of this session and the reply is not stored: "
+        "open the stream without it.",
         429: "Too many streams open for this identity (STREAM_MAX_CONCURRENT_PER_KEY).",
         503: "Streaming is disabled (ENABLE_STREAMING=false) or Redis is unavailable.",
     },
 )
 def stream() -> Response:
-    """Stream the reply to the session's latest user message; keep it as an assistant message."""
+    """Stream the reply to the session's latest user message; keep it as an assistant message.
+
+    One reply per user message: a reopen replays the stored reply, a concurrent open follows
+    the stream that answers, an unknown ``Last-Event-ID`` never starts a reply."""
     config = current_app.config
     if not config["ENABLE_STREAMING"]:
         raise APIError(503, "Service Unavailable", "Streaming is disabled on this gateway.")
@@ -132,16 +151,16 @@ def stream() -> Response:
     session = _visible_session(query.session_id)
     r, identity = get_redis(), _identity()
     settings = streaming.StreamSettings.from_config(config)
-    resume = find_resume_point(
-        r, request.headers.get("Last-Event-ID"), session_id=session["id"], ttl=settings.resume_seconds
-    )
-    if resume is not None and resume.complete:
+    history = service.list_messages(r, session_id=session["id"])
+    resume = _resume_point(r, session, history, settings)
+    if resume is NOTHING_LEFT or (isinstance(resume, ResumePoint) and resume.complete):
         return Response(status=204)  # tells an EventSource not to reconnect again
+    assert resume is None or isinstance(resume, ResumePoint)
     slot = streaming.StreamSlot.acquire(
         r, owner=identity.owner, connection_id=uuid.uuid4().hex, settings=settings
     )
     try:
-        agent_stream = _agent_stream(session, resume, slot, settings)
+        agent_stream = _agent_stream(session, history, resume, slot, settings)
     except BaseException:
         slot.release()
         raise
@@ -153,17 +172,46 @@ def stream() -> Response:
     return response
 
 
+def _resume_point(
+    r: redis.Redis, session: dict[str, str], history: list[dict[str, Any]], settings: streaming.StreamSettings
+) -> ResumePoint | object | None:
+    """Where ``Last-Event-ID`` resumes; None without one. An id that names no kept stream of
+    this session is 204 once the reply is stored, else 409: it never starts a reply itself."""
+    last_event_id = request.headers.get("Last-Event-ID", "").strip()
+    if not last_event_id:
+        return None
+    try:
+        resume = find_resume_point(r, last_event_id, session_id=session["id"], ttl=settings.resume_seconds)
+    except MalformedEventId:
+        raise APIError(
+            400, "Invalid Last-Event-ID", "Last-Event-ID is not an id this gateway sent (<stream>:<n>)."
+        ) from None
+    if resume is not None:
+        return resume
+    _, replies = streaming.latest_turn(history)
+    if replies:
+        return NOTHING_LEFT
+    raise APIError(
+        409,
+        "Unknown Last-Event-ID",
+        "That stream is no longer kept (expired, or from another session) and the reply is not "
+        "stored; open the stream without Last-Event-ID to get it.",
+    )
+
+
 def _agent_stream(
     session: dict[str, str],
+    history: list[dict[str, Any]],
     resume: ResumePoint | None,
     slot: streaming.StreamSlot,
     settings: streaming.StreamSettings,
 ) -> streaming.AgentStream:
-    source = (
-        streaming.FollowSource(frame_log=resume.log, seq=resume.seq)
-        if resume is not None
-        else _live_source(session, settings)
-    )
+    if resume is not None and not resume.starts_over:
+        source: streaming.LiveSource | streaming.FollowSource = streaming.FollowSource(
+            frame_log=resume.log, seq=resume.seq
+        )
+    else:
+        source = _answer_source(session, history, settings)
     return streaming.AgentStream(
         app=current_app._get_current_object(),  # type: ignore[attr-defined]
         source=source,
@@ -173,9 +221,40 @@ def _agent_stream(
     )
 
 
-def _live_source(session: dict[str, str], settings: streaming.StreamSettings) -> streaming.LiveSource:
+def _answer_source(
+    session: dict[str, str], history: list[dict[str, Any]], settings: streaming.StreamSettings
+) -> streaming.LiveSource | streaming.FollowSource:
+    """Generate the reply to the latest user message, unless it is stored (replay it) or
+    another stream holds its claim (follow that one from its first frame)."""
+    r, ttl = get_redis(), settings.resume_seconds
+    message, replies = streaming.latest_turn(history)
+    if message is None:
+        return _live_source(session, history, settings, FrameLog(r, new_stream_id(), session["id"], ttl))
+    claim = streaming.ReplyClaim(r, session["id"], message["id"])
+    if replies:
+        holder = claim.holder()
+        if holder and r.hget(KEYS.agent_stream(holder), "state") == DONE:
+            # The stream that made the reply is still kept: the very same frames again.
+            return streaming.FollowSource(frame_log=FrameLog(r, holder, session["id"], ttl), seq=0)
+        frame_log = FrameLog(r, new_stream_id(), session["id"], ttl)
+        return streaming.ReplaySource(frame_log=frame_log, replies=replies)
+    frame_log = FrameLog(r, new_stream_id(), session["id"], ttl, message_id=message["id"])
+    frame_log.flush(state=RUNNING)  # followers find the log as soon as they find the claim
+    holder = claim.take(frame_log.stream_id)
+    if holder is None:
+        return _live_source(session, history, settings, frame_log, claim)
+    frame_log.discard()
+    return streaming.FollowSource(frame_log=FrameLog(r, holder, session["id"], ttl), seq=0)
+
+
+def _live_source(
+    session: dict[str, str],
+    history: list[dict[str, Any]],
+    settings: streaming.StreamSettings,
+    frame_log: FrameLog,
+    claim: streaming.ReplyClaim | None = None,
+) -> streaming.LiveSource:
     r = get_redis()
-    history = service.list_messages(r, session_id=session["id"])
 
     def keep_reply(reply: str) -> None:
         service.add_message(r, session=session, role="assistant", content=reply)
@@ -184,7 +263,8 @@ def _live_source(session: dict[str, str], settings: streaming.StreamSettings) ->
         app=current_app._get_current_object(),  # type: ignore[attr-defined]
         backend=backend_from_config(current_app.config),
         messages=service.conversation(history),
-        frame_log=FrameLog(r, new_stream_id(), session["id"], settings.resume_seconds),
+        frame_log=frame_log,
         on_reply=keep_reply,
         settings=settings,
+        claim=claim,
     )

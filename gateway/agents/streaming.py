@@ -14,7 +14,23 @@ source to the client and, between frames:
   (lifetime, key revocation, quota, the admin's session; append more in
   :func:`default_stop_checks`); a reason ends the stream with a final
   ``event: error``;
-* every ``FLUSH_INTERVAL`` writes the new frames to Redis for resuming.
+* writes new frames to Redis for resuming within ``FLUSH_INTERVAL``, and marks
+  the stream alive at least every ``ALIVE_INTERVAL`` (a follower on another
+  worker takes a silent log for a dead producer after ``STALE_AFTER``);
+* every ``SLOT_REFRESH_SECONDS`` renews its per-identity slot and its reply claim,
+  both booked for seconds only: a SIGKILLed worker's slots and claims lapse on
+  their own within ``SLOT_TTL_SECONDS``.
+
+One reply per user message: a stream that generates first *claims* the message
+(:class:`ReplyClaim`, one Redis key per message naming the stream); a second
+open follows the claimed stream, a reopen after the reply was stored replays it
+(:class:`ReplaySource`). The claim is kept with the reply, released when the
+attempt ends without one (error, client gone, restart) so the next open retries.
+
+When the server drains (gunicorn's SIGTERM, see :func:`watch_shutdown`) a
+stream gets ``SHUTDOWN_GRACE`` to finish, then ends with ``event: error``
+(``server_restarting``) carrying a ``retry:`` hint; reconnecting with its id
+starts a new attempt on a live worker.
 
 When the client goes away the WSGI server closes the response (GeneratorExit at
 the ``yield``, or ``close()`` after a failed write under gevent): the backend is
@@ -27,7 +43,9 @@ stored. The per-identity stream slot and the open-streams gauge are released in
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -44,11 +62,12 @@ from gateway.agents.backends import AgentBackend, AgentBackendError, Message
 from gateway.agents.sse import (
     ABORTED,
     DONE,
+    ENDED,
     ERROR,
     HEARTBEAT,
     OPENING,
+    RESTARTED,
     RUNNING,
-    TERMINAL,
     FrameLog,
     dumps,
     encode_frame,
@@ -61,9 +80,17 @@ from gateway.redis import KEYS, REDIS_UNAVAILABLE
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 1.0  # stop checks: at most this often while frames flow, at least this often
-FLUSH_INTERVAL = 2.0  # frames reach Redis (for resuming) in batches at least this often
+# A frame reaches Redis (for resuming elsewhere) at most this long after it was made: what a
+# crash can lose. Batched, so a thousand streams make a few thousand round trips a second.
+FLUSH_INTERVAL = 0.25
+ALIVE_INTERVAL = 1.0  # a quiet live stream marks its log alive this often
 FOLLOW_POLL = 0.2  # how often a resumed stream looks for new frames of a live one
-STALE_AFTER = 10.0  # a live stream whose log was not refreshed this long has lost its producer
+STALE_AFTER = 5.0  # a live stream whose log was not refreshed this long has lost its producer
+# Slots and reply claims are leases renewed by the stream itself: a worker that dies
+# without releasing them (SIGKILL, OOM) frees them within SLOT_TTL_SECONDS.
+SLOT_TTL_SECONDS = 10
+SLOT_REFRESH_SECONDS = 3.0
+RESTART_RETRY_MS = 1000  # retry: hint after server_restarting, plus up to as much again (spread)
 REPLY_COMPACT_EVERY = 16  # join the kept reply deltas into one string this often
 
 StopCheck = Callable[[], "str | None"]
@@ -78,6 +105,7 @@ STOP_MESSAGES: dict[str, str] = {
     "session_ended": "The admin session ended (logout or expiry); the stream was closed.",
     "no_user_message": "The session has no user message to answer: POST /agents/message first.",
     "stream_interrupted": "The stream was interrupted before it finished; open a new stream.",
+    "server_restarting": "The server is restarting; reconnect with Last-Event-ID to get the reply.",
     "upstream_error": "The agent backend failed.",
     "internal_error": "The stream failed unexpectedly; open a new stream.",
 }
@@ -112,9 +140,15 @@ def error_data(reason: str, session_id: str, message: str | None = None) -> dict
     return {
         "type": "error",
         "error": reason,
+        "reason": reason,
         "message": message or STOP_MESSAGES.get(reason, "The stream was stopped."),
         "session_id": session_id,
     }
+
+
+def restart_retry_ms() -> int:
+    # Spread: every client of a restarting worker reconnects at once otherwise.
+    return RESTART_RETRY_MS + secrets.randbelow(RESTART_RETRY_MS + 1)
 
 
 # ---- stop checks -------------------------------------------------------------------
@@ -163,10 +197,40 @@ def session_check(r: redis.Redis, sid: str) -> StopCheck:
     return check
 
 
+class _Shutdown:
+    """Whether this process is stopping (set by the server, see :func:`watch_shutdown`)."""
+
+    def __init__(self) -> None:
+        self.stopping: Callable[[], bool] = lambda: False
+        self.grace = 0.0
+        self.since: float | None = None
+
+    def reason(self) -> str | None:
+        if not self.stopping():
+            return None
+        if self.since is None:
+            self.since = time.monotonic()  # the first stream to notice starts the grace
+        return "server_restarting" if time.monotonic() - self.since >= self.grace else None
+
+
+_shutdown = _Shutdown()
+
+
+def watch_shutdown(stopping: Callable[[], bool], *, grace_seconds: float) -> None:
+    """Open streams end with ``server_restarting`` ``grace_seconds`` after ``stopping()``
+    turns true (gunicorn.conf.py passes ``not worker.alive``). The grace lets a reply that
+    is nearly done finish; it must stay well inside the server's graceful timeout."""
+    _shutdown.stopping, _shutdown.grace, _shutdown.since = stopping, grace_seconds, None
+
+
+def shutdown_check() -> str | None:
+    return _shutdown.reason()
+
+
 def default_stop_checks(*, r: redis.Redis, identity: Identity, settings: StreamSettings) -> list[StopCheck]:
-    """The checks every open stream runs: lifetime; revocation and quota for API keys,
-    the server-side session for admin users."""
-    checks = [lifetime_check(settings.max_seconds)]
+    """The checks every open stream runs: server shutdown, lifetime; revocation and quota for
+    API keys, the server-side session for admin users."""
+    checks = [shutdown_check, lifetime_check(settings.max_seconds)]
     if identity.type == "user" and identity.session_id:
         checks.append(session_check(r, identity.session_id))
     if identity.type == "api_key":
@@ -179,9 +243,10 @@ def default_stop_checks(*, r: redis.Redis, identity: Identity, settings: StreamS
 
 # ---- per-identity cap on open streams ----------------------------------------------
 
-# Expired members (a worker that died without releasing) are dropped before counting,
-# so a crash cannot leak a slot for longer than a stream may live. TIME keeps every
-# worker and instance on Redis's clock.
+# A slot is a member scored by its expiry; the stream renews it every SLOT_REFRESH_SECONDS.
+# Expired members (a worker that died without releasing) are dropped before counting, so a
+# crash leaks a slot for SLOT_TTL_SECONDS at most. TIME keeps every worker and instance on
+# Redis's clock.
 _ACQUIRE_SLOT = """
 local now = tonumber(redis.call('TIME')[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -190,7 +255,12 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
-SLOT_GRACE_SECONDS = 30
+_RENEW_SLOT = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
 
 
 class StreamSlot:
@@ -198,6 +268,7 @@ class StreamSlot:
 
     def __init__(self, r: redis.Redis, owner: str, connection_id: str) -> None:
         self.r, self.key, self.member = r, KEYS.agent_stream_slots(owner), connection_id
+        self.counted = False
 
     @classmethod
     def acquire(
@@ -207,8 +278,7 @@ class StreamSlot:
         slot = cls(r, owner, connection_id)
         if settings.max_per_identity <= 0:
             return slot  # 0 switches the cap off
-        lifetime = int(settings.max_seconds) + SLOT_GRACE_SECONDS
-        taken = r.eval(_ACQUIRE_SLOT, 1, slot.key, settings.max_per_identity, lifetime, connection_id)
+        taken = r.eval(_ACQUIRE_SLOT, 1, slot.key, settings.max_per_identity, SLOT_TTL_SECONDS, connection_id)
         if not taken:
             raise APIError(
                 429,
@@ -218,10 +288,75 @@ class StreamSlot:
                 headers={"Retry-After": "5"},
                 extra={"retry_after": 5},
             )
+        slot.counted = True
         return slot
 
+    def renew(self) -> None:
+        """Push the slot's expiry forward (the stream's own heartbeat)."""
+        if self.counted:
+            self.r.eval(_RENEW_SLOT, 1, self.key, SLOT_TTL_SECONDS, self.member)
+
     def release(self) -> None:
+        self.counted = False
         self.r.zrem(self.key, self.member)
+
+
+# ---- one reply per user message ------------------------------------------------------
+
+# Compare-and-set scripts: only the stream named in the claim may renew, keep or drop it.
+_RENEW_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+_RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
+class ReplyClaim:
+    """Which stream answers one user message: a key naming the stream, leased like a slot.
+
+    Taken (SET NX) before generating, renewed by the stream, kept for the resume window
+    once the reply is stored (a racing open then follows and replays that stream), dropped
+    when the attempt ends without a reply.
+    """
+
+    def __init__(self, r: redis.Redis, session_id: str, message_id: str) -> None:
+        self.r, self.key = r, KEYS.agent_reply_claim(session_id, message_id)
+
+    def take(self, stream_id: str) -> str | None:
+        """None when ``stream_id`` now holds the claim; else the id of the stream holding it."""
+        for _ in range(5):  # the holder may drop it between our SET and GET: try again
+            if self.r.set(self.key, stream_id, nx=True, ex=SLOT_TTL_SECONDS):
+                return None
+            holder = self.holder()
+            if holder:
+                return holder
+        return ""  # names no stream: the caller's follower ends with stream_interrupted
+
+    def holder(self) -> str | None:
+        value = self.r.get(self.key)
+        return str(value) if value else None
+
+    def renew(self, stream_id: str) -> bool:
+        return bool(self.r.eval(_RENEW_CLAIM, 1, self.key, stream_id, SLOT_TTL_SECONDS))
+
+    def keep(self, stream_id: str, seconds: int) -> bool:
+        """Keep the claim with the stored reply; False when ``stream_id`` lost it (never store then)."""
+        return bool(self.r.eval(_RENEW_CLAIM, 1, self.key, stream_id, max(seconds, SLOT_TTL_SECONDS)))
+
+    def release(self, stream_id: str) -> None:
+        self.r.eval(_RELEASE_CLAIM, 1, self.key, stream_id)
+
+
+def latest_turn(history: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the latest user message or None, the contents of the assistant messages after it)."""
+    for index in range(len(history) - 1, -1, -1):
+        if history[index]["role"] == "user":
+            return history[index], [m["content"] for m in history[index + 1 :] if m["role"] == "assistant"]
+    return None, []
 
 
 # ---- sources ----------------------------------------------------------------------
@@ -247,9 +382,10 @@ class LiveSource:
         frame_log: FrameLog,
         on_reply: Callable[[str], None],
         settings: StreamSettings,
+        claim: ReplyClaim | None = None,
     ) -> None:
         self.app, self.backend, self.messages = app, backend, messages
-        self.log, self.on_reply = frame_log, on_reply
+        self.log, self.on_reply, self.claim = frame_log, on_reply, claim
         # Inline only when a pause can delay neither a stop check nor a heartbeat.
         pause = getattr(backend, "max_pause_seconds", None)
         self.inline = pause is not None and pause < min(CHECK_INTERVAL, settings.heartbeat_seconds)
@@ -260,7 +396,7 @@ class LiveSource:
         self.started = False
         self.parts: list[str] = []
         self.final_state: str | None = None
-        self.next_flush = time.monotonic() + FLUSH_INTERVAL
+        self.next_flush = self.next_alive = 0.0
 
     def start(self) -> None:
         self.started = True
@@ -339,40 +475,70 @@ class LiveSource:
             data = {"type": "delta", "content": value, "session_id": session_id}
             return Chunk(self.log.add("message", data))
         if kind == "end":
-            reply = "".join(self.parts)
-            if reply:
-                self.on_reply(reply)
+            self._store("".join(self.parts))
             return self.finish("message", {"type": "done", "session_id": session_id})
         if kind == "upstream_error":
             return self.finish("error", error_data("upstream_error", session_id, value))
         return self.finish("error", error_data(value, session_id))
 
-    def finish(self, event: str, data: dict[str, str]) -> Chunk:
+    def _store(self, reply: str) -> None:
+        """Keep the reply, unless this stream lost the message's claim (then another stream
+        answers it, and a second stored reply is exactly what the claim prevents)."""
+        if not reply:
+            return
+        if self.claim is not None and not self.claim.keep(self.log.stream_id, self.log.ttl):
+            log.warning("stream %s lost its reply claim; the reply is not stored", self.log.stream_id)
+            return
+        self.on_reply(reply)
+
+    def finish(
+        self, event: str, data: dict[str, str], *, state: str | None = None, retry_ms: int | None = None
+    ) -> Chunk:
         """The last frame, stored with the stream's final state before it is sent."""
-        frame = self.log.add(event, data)
-        self.final_state = DONE if event == "message" else ERROR
+        frame = self.log.add(event, data, retry_ms)
+        self.final_state = state or (DONE if event == "message" else ERROR)
         self.log.flush(state=self.final_state)
+        if self.final_state != DONE:
+            self._release_claim()  # no reply was stored: the next open tries again
         return Chunk(frame, final=True)
 
     def stop_frame(self, reason: str) -> str:
-        return self.finish("error", error_data(reason, self.log.session_id)).text
+        data = error_data(reason, self.log.session_id)
+        if reason == "server_restarting":
+            return self.finish("error", data, state=RESTARTED, retry_ms=restart_retry_ms()).text
+        return self.finish("error", data).text
+
+    def due(self) -> float:
+        """When :meth:`tick` has work next (monotonic clock)."""
+        return self.next_flush if self.log.pending else self.next_alive
 
     def tick(self) -> None:
-        # Batching frames (one Redis round trip per FLUSH_INTERVAL, not one per delta)
-        # keeps a thousand open streams from queueing on the connection pool.
-        if time.monotonic() >= self.next_flush:
-            self.next_flush = time.monotonic() + FLUSH_INTERVAL
+        # Batching frames (one Redis round trip per FLUSH_INTERVAL, not one per delta) keeps a
+        # thousand open streams from queueing on the connection pool; the first frame after a
+        # pause goes at once. A quiet stream still marks itself alive for its followers.
+        now = time.monotonic()
+        if now >= self.due():
+            self.next_flush, self.next_alive = now + FLUSH_INTERVAL, now + ALIVE_INTERVAL
             self.log.flush()
 
+    def renew(self) -> None:
+        if self.claim is not None and self.final_state is None:
+            self.claim.renew(self.log.stream_id)
+
+    def _release_claim(self) -> None:
+        if self.claim is not None:
+            self.claim.release(self.log.stream_id)
+
     def close(self) -> None:
-        if not self.started:
-            return  # the body was never iterated: nothing ran, nothing to mark
         if self.stopped is not None:
             self.stopped.set()
         if self.deltas is not None:
             _close(self.deltas)  # GeneratorExit inside the backend: it stops generating
         if self.final_state is None:
-            self.log.flush(state=ABORTED)  # resumes will end with stream_interrupted
+            # Never iterated (HEAD) or cut short: resumes will end with stream_interrupted.
+            self.final_state = ABORTED
+            self.log.flush(state=ABORTED)
+            self._release_claim()
         elif self.log.pending:
             self.log.flush(state=self.final_state)
 
@@ -391,34 +557,67 @@ class FollowSource:
             state = meta.get("state", RUNNING)
             if frames:
                 self.seq += len(frames)
-                return Chunk("".join(frames), final=state in TERMINAL)
-            if state in TERMINAL:
+                return Chunk("".join(frames), final=state in ENDED)
+            if state in ENDED:
                 return Chunk("", final=True)
             if state == ABORTED or time.time() - float(meta.get("alive") or 0) > STALE_AFTER:
-                return self.interrupted()
+                return self.interrupted(meta)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             time.sleep(min(FOLLOW_POLL, left))
 
-    def interrupted(self) -> Chunk:
-        """The producer is gone: store a final error so later resumes end the same way."""
+    def interrupted(self, meta: Mapping[str, str]) -> Chunk:
+        """The producer is gone: store a final error so later resumes end the same way, and
+        free the message's claim if the dead producer still holds it (the next open retries)."""
         self.log.seq = self.seq
         frame = self.log.add("error", error_data("stream_interrupted", self.session_id))
         self.log.flush(state=ERROR)
         self.seq = self.log.seq
+        message_id = meta.get("message_id") or self.log.message_id
+        if message_id:
+            ReplyClaim(self.log.r, self.session_id, message_id).release(self.log.stream_id)
         return Chunk(frame, final=True)
 
     def stop_frame(self, reason: str) -> str:
         # Not stored (the stream may still be produced elsewhere); it repeats the id of the
         # last frame this client got, so a later resume continues from the right place.
-        return encode_frame(self.log.frame_id(self.seq), "error", dumps(error_data(reason, self.session_id)))
+        retry = restart_retry_ms() if reason == "server_restarting" else None
+        data = dumps(error_data(reason, self.session_id))
+        return encode_frame(self.log.frame_id(self.seq), "error", data, retry)
+
+    def due(self) -> float:
+        return math.inf
 
     def tick(self) -> None:
         """Nothing to write: the producer keeps the log fresh."""
 
+    def renew(self) -> None:
+        """Nothing leased beyond the slot."""
+
     def close(self) -> None:
         """Nothing to release beyond the slot."""
+
+
+class ReplaySource(FollowSource):
+    """The stored reply to the session's latest user message, sent again, never generated again.
+
+    Its frames are written to a new kept log first, so the replay resumes like any stream.
+    """
+
+    def __init__(self, *, frame_log: FrameLog, replies: list[str]) -> None:
+        super().__init__(frame_log=frame_log, seq=0)
+        self.replies = replies
+
+    def next(self, timeout: float) -> Chunk | None:
+        if self.replies:
+            session_id = self.log.session_id
+            for reply in self.replies:
+                self.log.add("message", {"type": "delta", "content": reply, "session_id": session_id})
+            self.log.add("message", {"type": "done", "session_id": session_id})
+            self.log.flush(state=DONE)
+            self.replies = []
+        return super().next(timeout)
 
 
 # ---- the response --------------------------------------------------------------------
@@ -432,14 +631,14 @@ class AgentStream:
         *,
         app: Flask,
         source: LiveSource | FollowSource,
-        checks: list[StopCheck],
+        checks: list[StopCheck],  # FollowSource includes ReplaySource
         settings: StreamSettings,
         slot: StreamSlot,
     ) -> None:
         self.app, self.source, self.checks = app, source, checks
         self.settings, self.slot = settings, slot
         self.closed = self.ended = False
-        self.next_beat = self.next_check = 0.0
+        self.next_beat = self.next_check = self.next_renew = 0.0
         recorder.stream_opened()
 
     def events(self) -> Iterator[bytes]:
@@ -453,6 +652,7 @@ class AgentStream:
             yield OPENING.encode()
             now = time.monotonic()
             self.next_beat, self.next_check = now + self.settings.heartbeat_seconds, now + CHECK_INTERVAL
+            self.next_renew = now + SLOT_REFRESH_SECONDS
             while not self.ended:
                 text = self._guarded_step()
                 if text:
@@ -476,7 +676,8 @@ class AgentStream:
         Returns what to write ('' for nothing) and sets ``ended`` after the last frame.
         """
         clock = time.monotonic
-        chunk = self.source.next(max(0.0, min(self.next_beat, self.next_check) - clock()))
+        wake = min(self.next_beat, self.next_check, self.source.due())
+        chunk = self.source.next(max(0.0, wake - clock()))
         text = chunk.text if chunk is not None else ""
         if chunk is not None and chunk.final:
             self.ended = True
@@ -487,7 +688,11 @@ class AgentStream:
             if reason:
                 self.ended = True
                 return text + self.source.stop_frame(reason)
-            self.source.tick()
+            if clock() >= self.next_renew:
+                self.next_renew = clock() + SLOT_REFRESH_SECONDS
+                self.slot.renew()
+                self.source.renew()
+        self.source.tick()
         if not text and clock() >= self.next_beat:
             text = HEARTBEAT
         if text:

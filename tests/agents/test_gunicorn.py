@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -112,3 +113,134 @@ def test_client_disconnect_stops_generation(
     assert [m["role"] for m in history["messages"]] == ["user"]
     assert sum(r.zcard(name) for name in r.scan_iter(KEYS.agent_stream_slots("*"))) == 0
     check.close()
+
+
+# ---- crash and deploy (issue 11, item 2) ---------------------------------------------------
+
+
+def open_reply(
+    server: GunicornServer, headers: dict[str, str], words: int
+) -> tuple[str, http.client.HTTPConnection, http.client.HTTPResponse]:
+    """A session with one user message of ``words`` words, its stream opened: (id, conn, response)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    session_id = call(conn, "POST", "/agents/session", headers)[1]["session_id"]
+    body = {"session_id": session_id, "role": "user", "content": " ".join(f"w{n}" for n in range(words))}
+    assert call(conn, "POST", "/agents/message", headers, body)[0] == 200
+    conn.request("GET", f"/agents/stream?session_id={session_id}", headers=headers)
+    response = conn.getresponse()
+    assert response.status == 200
+    return session_id, conn, response
+
+
+def read_until(response: http.client.HTTPResponse, parser: SSEParser, count: int) -> tuple[list[Any], str]:
+    """(events, raw text) until ``count`` events, the body's end or a cut connection."""
+    events: list[Any] = []
+    raw = ""
+    while len(events) < count:
+        try:
+            chunk = response.read1(65536).decode()
+        except (http.client.IncompleteRead, ConnectionError):
+            break
+        if not chunk:
+            break
+        raw += chunk
+        events += parser.feed(chunk)
+    return events, raw
+
+
+def roles(server: GunicornServer, headers: dict[str, str], session_id: str) -> list[str]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    body = call(conn, "GET", f"/agents/session/{session_id}/messages", headers)[1]
+    conn.close()
+    return [m["role"] for m in body["messages"]]
+
+
+def test_sigkill_frees_slots_within_seconds_and_a_resume_gets_the_missed_frames(
+    gunicorn: Callable[..., GunicornServer], auth_headers: Headers, r: redis.Redis
+) -> None:
+    env = {"AGENT_BUILTIN_DELAY_MS": "30", "STREAM_MAX_CONCURRENT_PER_KEY": "1"}
+    server = gunicorn(workers=2, env=env)
+    headers = auth_headers("agents:write", "agents:read")
+    session_id, conn, response = open_reply(server, headers, words=80)
+    parser = SSEParser()
+    events, _ = read_until(response, parser, 12)
+    pid = serving_pid(server, conn)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    events += read_until(response, parser, 10_000)[0]  # whatever was in flight
+    conn.close()
+    frames_key = KEYS.agent_stream_frames(events[0].id.split(":")[0])
+    stored = r.llen(frames_key)
+    lost = len(events) - stored
+    print(f"\n{lost} of {len(events)} frames the client got were not in Redis at the kill")
+    assert lost <= 10, f"{lost} frames the client got never reached Redis"
+    # The dead worker's slot comes back by itself; until then the key's one slot is taken.
+    resume_from = events[4]
+    while True:
+        resumer = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        resumer.request(
+            "GET",
+            f"/agents/stream?session_id={session_id}",
+            headers={**headers, "Last-Event-ID": resume_from.id},
+        )
+        answer = resumer.getresponse()
+        if answer.status != 429 or time.monotonic() - killed_at > 30:
+            break
+        answer.read()
+        resumer.close()
+        time.sleep(0.25)
+    recovered = time.monotonic() - killed_at
+    print(f"\nslots back {recovered:.1f} s after a worker's SIGKILL")
+    assert answer.status == 200 and recovered < 20
+    resumed, _ = read_until(answer, SSEParser(), 10_000)
+    resumer.close()
+    kept = [e for e in events[5:] if int(e.id.split(":")[1]) <= stored]
+    assert [(e.id, e.data) for e in resumed[: len(kept)]] == [(e.id, e.data) for e in kept]
+    assert resumed[-1].event == "error" and resumed[-1].json["reason"] == "stream_interrupted"
+    # The interrupted reply was never stored: a new open answers it, once.
+    fresh_conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    fresh_conn.request("GET", f"/agents/stream?session_id={session_id}", headers=headers)
+    fresh, _ = read_until(fresh_conn.getresponse(), SSEParser(), 10_000)
+    fresh_conn.close()
+    assert fresh[-1].json["type"] == "done"
+    assert roles(server, headers, session_id) == ["user", "assistant"]
+
+
+def test_sigterm_ends_open_streams_resumably_and_frees_their_slots(
+    gunicorn: Callable[..., GunicornServer], auth_headers: Headers, r: redis.Redis
+) -> None:
+    # graceful_timeout 4: streams get 1 s to finish, then server_restarting.
+    env = {"AGENT_BUILTIN_DELAY_MS": "40", "GUNICORN_GRACEFUL_TIMEOUT": "4"}
+    server = gunicorn(workers=2, env=env)
+    headers = auth_headers("agents:write", "agents:read")
+    session_id, conn, response = open_reply(server, headers, words=60)
+    parser = SSEParser()
+    assert read_until(response, parser, 5)[0]
+    pid = serving_pid(server, conn)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)  # what a deploy does to every worker
+    stopped_at = time.monotonic()
+    rest, tail = read_until(response, parser, 10_000)
+    ended = time.monotonic() - stopped_at
+    conn.close()
+    last = rest[-1]
+    assert last.event == "error" and last.json["reason"] == "server_restarting", last
+    assert "\nretry: " in tail.rsplit("id: ", 1)[-1]
+    assert ended < 4, f"the stream ended {ended:.1f} s after SIGTERM: not inside the graceful timeout"
+    deadline = time.monotonic() + 5
+    while sum(r.zcard(k) for k in r.scan_iter(KEYS.agent_stream_slots("*"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(r.zcard(k) for k in r.scan_iter(KEYS.agent_stream_slots("*"))) == 0
+    assert roles(server, headers, session_id) == ["user"]
+    # EventSource reconnects with the last id; a live worker makes a new attempt, stored once.
+    again = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    again.request(
+        "GET", f"/agents/stream?session_id={session_id}", headers={**headers, "Last-Event-ID": last.id}
+    )
+    answer = again.getresponse()
+    assert answer.status == 200
+    retried, _ = read_until(answer, SSEParser(), 10_000)
+    again.close()
+    assert retried[-1].json["type"] == "done"
+    assert roles(server, headers, session_id) == ["user", "assistant"]

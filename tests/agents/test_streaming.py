@@ -258,19 +258,6 @@ def test_resume_replays_only_the_missing_frames(
     assert done.status_code == 204
 
 
-def test_unknown_or_foreign_last_event_id_starts_a_new_stream(
-    client: FlaskClient, auth_headers: Headers, new_session: Any
-) -> None:
-    headers = auth_headers("agents:write")
-    first = new_session(client, headers, "one")
-    second = new_session(client, headers, "two")
-    events, _ = read_all(stream(client, headers, first))
-    for last_id in (events[2].id, "0" * 32 + ":3", "garbage"):
-        fresh, _ = read_all(stream(client, headers, second, **{"Last-Event-ID": last_id}))
-        assert fresh[0].id.endswith(":1") and fresh[0].id != events[0].id
-        assert fresh[-1].json == {"type": "done", "session_id": second}
-
-
 def test_resume_follows_a_stream_still_being_produced(
     make_app: Callable[..., Flask], auth_headers: Headers, new_session: Any, r: redis.Redis
 ) -> None:

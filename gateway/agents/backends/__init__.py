@@ -57,6 +57,8 @@ def _cache_key(config: Mapping[str, Any]) -> tuple[Any, ...]:
         "OPENAI_READ_TIMEOUT",
         "OPENAI_BREAKER_FAILURES",
         "OPENAI_BREAKER_COOLDOWN_SECONDS",
+        "AGENT_HISTORY_TOKENS",
+        "OPENAI_MAX_TOKENS",
     )
     return ("openai", *(config.get(name) for name in names))
 

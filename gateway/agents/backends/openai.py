@@ -3,8 +3,10 @@
 Works with any server speaking ``POST {OPENAI_BASE_URL}/chat/completions`` with
 ``"stream": true`` (OpenAI, vLLM, llama.cpp, Ollama, LiteLLM...). Connect and
 read timeouts bound every wait; a per-process circuit breaker answers at once
-while the upstream keeps failing. Error messages name what failed, never the
-URL's credentials or the API key.
+while the upstream keeps failing. What one reply may cost is bounded too: the
+history sent is cut to ``AGENT_HISTORY_TOKENS`` (estimated; the newest messages
+and any system prompt kept) and the reply to ``OPENAI_MAX_TOKENS``. Error
+messages name what failed, never the URL's credentials or the API key.
 """
 
 from __future__ import annotations
@@ -28,6 +30,32 @@ ERROR_BODY_LIMIT = 4096
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # e.g. context_length_exceeded
 # 4xx answers about the request's content: the caller can shorten or fix it.
 _CONTENT_REFUSALS = frozenset({400, 413, 422})
+# Token estimate without the model's tokenizer: ~4 characters a token in English text, plus
+# the few tokens chat formats spend on every message's role and separators.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+DEFAULT_HISTORY_TOKENS = 8192
+DEFAULT_MAX_TOKENS = 1024
+
+
+def estimate_tokens(message: Message) -> int:
+    return TOKENS_PER_MESSAGE + -(-len(message["content"]) // CHARS_PER_TOKEN)
+
+
+def bounded_history(messages: list[Message], budget: int) -> list[Message]:
+    """The system messages and the newest others that fit in ``budget`` estimated tokens, in
+    order. The latest message is always kept: it is what the reply answers."""
+    system = [m for m in messages if m["role"] == "system"]
+    left = budget - sum(map(estimate_tokens, system))
+    kept: list[Message] = []
+    for message in reversed([m for m in messages if m["role"] != "system"]):
+        cost = estimate_tokens(message)
+        if kept and cost > left:
+            break
+        kept.append(message)
+        left -= cost
+    newest = set(map(id, kept))
+    return [m for m in messages if m["role"] == "system" or id(m) in newest]
 
 
 def _report_state(state: str) -> None:
@@ -49,6 +77,8 @@ class OpenAIBackend:
         connect_timeout: float,
         read_timeout: float,
         breaker: CircuitBreaker,
+        history_tokens: int = DEFAULT_HISTORY_TOKENS,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
         headers = {"Accept": "text/event-stream"}
         if api_key:
@@ -58,6 +88,7 @@ class OpenAIBackend:
         self.client = httpx.Client(base_url=base_url.rstrip("/") + "/", headers=headers, timeout=timeout)
         self.model = model
         self.breaker = breaker
+        self.history_tokens, self.max_tokens = history_tokens, max_tokens
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OpenAIBackend:
@@ -74,6 +105,8 @@ class OpenAIBackend:
             connect_timeout=config["OPENAI_CONNECT_TIMEOUT"],
             read_timeout=config["OPENAI_READ_TIMEOUT"],
             breaker=breaker,
+            history_tokens=config.get("AGENT_HISTORY_TOKENS", DEFAULT_HISTORY_TOKENS),
+            max_tokens=config.get("OPENAI_MAX_TOKENS", DEFAULT_MAX_TOKENS),
         )
 
     def stream_reply(self, messages: list[Message]) -> Iterator[str]:
@@ -116,10 +149,12 @@ class OpenAIBackend:
         self.breaker.failure()
 
     def _request(self, messages: list[Message]) -> Iterator[str]:
+        history = bounded_history(messages, self.history_tokens)
         payload = {
             "model": self.model,
             "stream": True,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "max_tokens": self.max_tokens,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in history],
         }
         try:
             with self.client.stream("POST", "chat/completions", json=payload) as response:
