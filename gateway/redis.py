@@ -85,13 +85,20 @@ class _FaultAware:
 
     pool_ref: Callable[[], redis.ConnectionPool | None] = staticmethod(lambda: None)
     primary_epoch: list[int] = [0]
-    _epoch = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch = self.primary_epoch[0]  # it will connect to whatever is primary now
+
+    @property
+    def stale(self) -> bool:
+        """Opened before a connection of the pool met READONLY or MASTERDOWN."""
+        return self._epoch != self.primary_epoch[0]
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        epoch = self.primary_epoch[0]
-        if self._epoch != epoch:
+        if self.stale:
             self.disconnect()  # type: ignore[attr-defined]
-            self._epoch = epoch  # the connect() below, inside send, belongs to this epoch
+            self._epoch = self.primary_epoch[0]  # the connect() inside send belongs to this epoch
         super().send_packed_command(command, check_health)  # type: ignore[misc]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
@@ -116,6 +123,16 @@ class _FaultAware:
         pool = self.pool_ref()
         if pool is not None:
             pool.disconnect(inuse_connections=False)
+
+
+class _FaultAwarePool(redis.BlockingConnectionPool):
+    """Closes a stale connection when it comes back, so that idle sockets in the pool all
+    lead to the current primary (one in use at the pool-wide close was not reached by it)."""
+
+    def release(self, connection: Any) -> None:
+        if getattr(connection, "stale", False):
+            connection.disconnect()
+        super().release(connection)
 
 
 def _make_fault_aware(pool: redis.ConnectionPool) -> None:
@@ -153,7 +170,7 @@ def create_redis(
     read in more 4 KiB chunks, which hiredis parses incrementally.
     """
     extra.setdefault("socket_read_size", 4 * 1024)
-    pool = redis.BlockingConnectionPool.from_url(
+    pool = _FaultAwarePool.from_url(
         url,
         timeout=socket_timeout,
         socket_timeout=socket_timeout,

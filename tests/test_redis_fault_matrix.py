@@ -30,7 +30,7 @@ from devtools.gunicorn import GunicornServer
 from devtools.redis_server import RedisServer, free_port
 from gateway import create_app
 from gateway.extensions import get_redis
-from gateway.redis import RedisRefusedError, failure_label, is_unavailable
+from gateway.redis import RedisRefusedError, create_redis, failure_label, is_unavailable
 
 EMAIL = "faults@example.com"
 PASSWORD = "correct horse battery staple 7"
@@ -62,8 +62,6 @@ def admin(fault_redis: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(fault_redis.url, decode_responses=True)
     end_every_fault(client)
     client.flushall()
-    # Apps of earlier tests keep connections named "gateway": only this test's app may have any.
-    client.client_kill_filter(_type="normal", skipme=True)
     yield client
     try:
         end_every_fault(client)
@@ -162,8 +160,8 @@ def heal_and_check(gw: Gateway) -> None:
     assert_working(gw)
 
 
-def gateway_client_ids(admin: redis.Redis) -> set[str]:
-    return {c["id"] for c in admin.client_list() if c.get("name") == "gateway"}
+def gateway_client_ids(admin: redis.Redis, db: str) -> set[str]:
+    return {c["id"] for c in admin.client_list() if c.get("name") == "gateway" and c["db"] == db}
 
 
 # --- one test per row of the table in docs/operations.md ---------------------------------------
@@ -210,16 +208,23 @@ def test_out_of_memory_under_noeviction(gateway: Gateway, admin: redis.Redis) ->
     heal_and_check(gateway)
 
 
-def test_read_only_replica_drops_its_connections(gateway: Gateway, admin: redis.Redis) -> None:
+def test_read_only_replica_drops_its_connections(fault_redis: RedisServer, admin: redis.Redis) -> None:
+    # A database of its own, so that CLIENT LIST tells this app's connections from those of
+    # the apps of earlier tests (their background flushers still run, on database 0).
+    url = fault_redis.url.rsplit("/", 1)[0] + "/3"
+    app = create_app({**fault_env(fault_redis), "REDIS_URL": url})
+    store = redis.Redis.from_url(url, decode_responses=True)
+    gateway = Gateway(app, app.test_client(), seed(app, store))
+    store.close()
     assert_working(gateway)
-    before = gateway_client_ids(admin)
+    before = gateway_client_ids(admin, db="3")
     assert before
     admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # a primary that is not there
     try:
         assert_refused(gateway)
         # Every connection that met READONLY was closed rather than kept: after a failover the
         # next command connects afresh, to whatever the URL names as primary now.
-        assert not before & gateway_client_ids(admin)
+        assert not before & gateway_client_ids(admin, db="3")
     finally:
         admin.execute_command("REPLICAOF", "NO", "ONE")
     heal_and_check(gateway)
@@ -489,3 +494,25 @@ def test_failing_open_keeps_login_closed(
         end_every_fault(admin)
     assert answers == {"POST /events": 503, "GET /events": reads, "POST /auth/login": 503, "GET /readyz": 503}
     heal_and_check(gw)
+
+
+def test_a_connection_held_aside_reconnects_after_another_met_readonly(
+    fault_redis: RedisServer, admin: redis.Redis
+) -> None:
+    """Like the rate limiter's kept connections: checked out, so no pool-wide close reaches
+    them; they reconnect before their next command instead of staying on the old primary."""
+    client = create_redis(fault_redis.url)
+    held = client.connection_pool.get_connection()
+    held.send_command("CLIENT", "ID")
+    held_id = held.read_response()
+    admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        with pytest.raises(redis.ReadOnlyError):
+            client.set("k", "v")  # on another connection of the same pool
+    finally:
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+    held.send_command("CLIENT", "ID")
+    assert held.read_response() != held_id  # a fresh socket, not the one from before
+    assert client.set("k", "v")
+    client.connection_pool.release(held)
+    client.close()
