@@ -19,6 +19,7 @@ from auth.keys import KeyStateError
 from auth.loaders import key_cache, pepper
 from auth.login import keep_own_session, own_session_id, request_actor
 from auth.scopes import ADMIN, validate_scopes
+from gateway import idempotency
 from gateway.api import Schema, endpoint, parse_json, parse_query
 from gateway.errors import APIError
 from gateway.extensions import get_redis
@@ -159,10 +160,25 @@ def list_keys() -> Response:
 def create_key() -> tuple[Response, int]:
     """Create a key and return it with its secret (never shown again)."""
     body = parse_json(KeyCreate)
-    record, secret = management.create_key(
-        get_redis(), pepper=pepper(), actor=request_actor(), **body.model_dump()
+    actor = request_actor()
+    # A retry with the same Idempotency-Key gets the first key back, secret included; the
+    # secret is kept only sealed (see gateway.idempotency.seal and docs/auth.md).
+    seal_key = request.headers.get(idempotency.HEADER, "")  # validated by respond()
+    owner = actor.owner
+
+    def create() -> idempotency.Answer:
+        record, secret = management.create_key(get_redis(), pepper=pepper(), actor=actor, **body.model_dump())
+        return idempotency.Answer(keys.secret_view(record, secret), 201)
+
+    return idempotency.respond(
+        get_redis(),
+        scope="admin-keys",
+        owner=owner,
+        body=body.model_dump(),
+        create=create,
+        stored=lambda answer: idempotency.seal(answer.body, "key", pepper(), owner, seal_key),
+        replay=lambda stored: idempotency.unseal(stored, "key", pepper(), owner, seal_key),
     )
-    return jsonify(keys.secret_view(record, secret)), 201
 
 
 @bp.get("/keys/<key_id>")

@@ -20,7 +20,6 @@ Bounds (README "Limits per tenant"):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,9 +27,10 @@ from typing import Any
 
 import redis
 
+from gateway.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
+from gateway.idempotency import IdempotencyConflict, digest, scoped_digest
 from gateway.redis import KEYS
 
-IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 DAY_SECONDS = 24 * 3600
 # The defaults of EVENTS_MAX_BYTES and EVENTS_RETENTION_DAYS, for callers outside a request.
 DEFAULT_MAX_BYTES = 65536
@@ -82,10 +82,6 @@ return events
 MAX_ID_PART = 2**64 - 1  # each half of a stream id is an unsigned 64-bit integer
 
 
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before with a different request body."""
-
-
 class EventTooLarge(ValueError):
     """The event is over EVENTS_MAX_BYTES."""
 
@@ -104,10 +100,6 @@ class Accepted:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def _fields(event_type: str, data: Any, timestamp: str, owner: str) -> dict[str, str]:
@@ -142,7 +134,7 @@ def append_event(
     Raises EventTooLarge above ``max_bytes`` and IdempotencyConflict for a reused key.
     """
     # The request as the client sent it (its own timestamp or none) identifies a repeat.
-    request_digest = _digest(event_type, json.dumps(data, sort_keys=True), timestamp or "")
+    request_digest = digest(event_type, json.dumps(data, sort_keys=True), timestamp or "")
     timestamp = timestamp or now_iso()
     fields = _fields(event_type, data, timestamp, owner)
     size = stored_size(fields)
@@ -151,7 +143,7 @@ def append_event(
     keys = [KEYS.events_stream(), KEYS.events_by_owner(owner)]
     if idempotency_key is not None:
         # Keys are per identity (two clients may pick the same key) and stored only as digests.
-        keys.append(KEYS.event_idempotency(_digest(owner, idempotency_key)))
+        keys.append(KEYS.event_idempotency(scoped_digest(owner, idempotency_key)))
     flat = [item for pair in fields.items() for item in pair]
     retention = retention_days * DAY_SECONDS
     args = (max_length, retention * 1000, retention, request_digest, timestamp, IDEMPOTENCY_TTL_SECONDS)

@@ -13,8 +13,10 @@ from pydantic import BaseModel, Field
 
 from auth import current_identity, require_scope
 from auth.scopes import ADMIN, JOBS_READ, JOBS_WRITE
+from gateway import idempotency
 from gateway.api import Schema, endpoint, parse_json, parse_query
 from gateway.errors import APIError
+from gateway.extensions import get_redis
 from gateway.jobs.limits import QueuedJobsLimitReached
 from gateway.jobs.queue import app_connection
 from gateway.jobs.registry import REGISTRY, JobInputError
@@ -102,6 +104,7 @@ def _fetch(job_id: str) -> Any:
     body=JobIn,
     responses={
         202: JobQueued,
+        409: "Idempotency-Key reused with a different body, or its first request is still running",
         403: "The job needs a scope the caller lacks (maintenance jobs need admin)",
         429: "The caller already has JOBS_QUEUED_MAX jobs unfinished",
     },
@@ -117,15 +120,22 @@ def create_job() -> tuple[Response, int]:
     if spec is not None and not identity.has_scope(spec.scope):
         raise APIError(403, "Forbidden", f"The job '{spec.name}' needs the '{spec.scope}' scope.")
     limit = current_app.config["JOBS_QUEUED_MAX"]
-    try:
-        job_id = service.enqueue(
-            app_connection(), name=body.name, args=body.args, owner=identity.owner, max_queued=limit
-        )
-    except JobInputError as exc:
-        raise APIError(400, str(exc)) from None
-    except QueuedJobsLimitReached as exc:
-        raise _too_many_jobs(exc) from None
-    return jsonify(JobQueued(job_id=job_id).model_dump()), 202
+
+    def create() -> idempotency.Answer:
+        try:
+            job_id = service.enqueue(
+                app_connection(), name=body.name, args=body.args, owner=identity.owner, max_queued=limit
+            )
+        except JobInputError as exc:
+            raise APIError(400, str(exc)) from None
+        except QueuedJobsLimitReached as exc:
+            raise _too_many_jobs(exc) from None
+        return idempotency.Answer(JobQueued(job_id=job_id).model_dump(), 202)
+
+    # A retry with the same Idempotency-Key gets the first job back, not a second job.
+    return idempotency.respond(
+        get_redis(), scope="jobs", owner=identity.owner, body=body.model_dump(), create=create
+    )
 
 
 def _too_many_jobs(exc: QueuedJobsLimitReached) -> APIError:
