@@ -244,14 +244,16 @@ def _log_access(response: Response) -> None:
     started = getattr(ctx, "request_started", None)
     duration = round((time.perf_counter() - started) * 1000, 2) if started else None
     identity = getattr(getattr(ctx, "_login_user", None), "owner", None)
+    method, path = clip(req.method, _SHORT_BUDGET), clip(req.path, _PATH_BUDGET)
+    remote_addr = clip(req.remote_addr, _SHORT_BUDGET)
     handler = _sole_json_handler()
     if handler is None:
         fields = {
-            "method": req.method,
-            "path": req.path,
+            "method": method,
+            "path": path,
             "status": response.status_code,
             "duration_ms": duration,
-            "remote_addr": req.remote_addr,
+            "remote_addr": remote_addr,
             "identity": identity,
         }
         # makeRecord + handle, not .info(): one line per request need not walk the stack for its caller.
@@ -269,8 +271,9 @@ def _log_access(response: Response) -> None:
     rid_field = f', "request_id": {_quote(rid)}' if rid else ""
     line = (
         f'{{"ts": "{formatter.timestamp(time.time())}", {_ACCESS_HEAD}{rid_field}'
-        f', "method": {_quote(req.method)}, "path": {_quote(req.path)}, "status": {int(response.status_code)}'
-        f', "duration_ms": {_json_or_null(duration)}, "remote_addr": {_json_or_null(req.remote_addr)}'
+        f', "method": {_json_or_null(method)}, "path": {_json_or_null(path)}'
+        f', "status": {int(response.status_code)}'
+        f', "duration_ms": {_json_or_null(duration)}, "remote_addr": {_json_or_null(remote_addr)}'
         f', "identity": {_json_or_null(identity)}}}\n'
     )
     # No handler lock: the batch has its own, and each write is one whole line or batch.
@@ -278,6 +281,23 @@ def _log_access(response: Response) -> None:
         _batch.write(line)
     except Exception:  # a log write must not fail the request: report it as logging does
         handler.handleError(logging.makeLogRecord({"name": ACCESS_LOGGER, "msg": "request"}))
+
+
+# Access lines stay under 2 KiB (CONTRACT section 8) whatever a client sends: each field
+# it controls gets a budget of JSON-escaped characters (an escape like \u00e9 is six).
+TRUNCATED = "[truncated]"
+_PATH_BUDGET = 512
+_SHORT_BUDGET = 64  # method, remote_addr (X-Forwarded-For when a proxy is trusted)
+
+
+def clip(value: str | None, budget: int) -> str | None:
+    """``value``, or its longest head whose JSON form fits ``budget``, marked TRUNCATED."""
+    if value is None or len(value) * 6 <= budget or len(_quote(value)) <= budget:
+        return value
+    cut = value[: budget - len(TRUNCATED)]
+    while len(_quote(cut)) > budget - len(TRUNCATED):
+        cut = cut[: len(cut) // 2]  # heavy escaping: halve until it fits (a few steps at most)
+    return cut + TRUNCATED
 
 
 _ACCESS_HEAD = _encode({"level": "INFO", "logger": ACCESS_LOGGER, "message": "request"})[1:-1]

@@ -497,16 +497,11 @@ def _too_many(decision: Decision) -> APIError:
 
 
 def _exempt(exempt: frozenset[str] | set[str]) -> bool:
-    # Preflights carry no credentials, health probes must never be throttled, static
-    # files are cheap and cached (exempt()), and requests that match no route are
-    # answered by routing (404/405).
+    # Preflights carry no credentials, health probes must never be throttled, and static
+    # files are cheap and cached (exempt()). Requests that match no route (404/405) are
+    # limited like any other: exempting them let one client flood the logs for free.
     req = request._get_current_object()  # type: ignore[attr-defined]
-    return (
-        req.method == "OPTIONS"
-        or req.endpoint is None
-        or req.endpoint in exempt
-        or req.routing_exception is not None
-    )
+    return req.method == "OPTIONS" or req.endpoint in exempt
 
 
 def _presents_credentials(req: Any) -> bool:
@@ -530,7 +525,8 @@ def _public_policies(req: Any) -> Sequence[Policy]:
 
 def _request_policies() -> Sequence[Policy]:
     req = request._get_current_object()  # type: ignore[attr-defined]
-    if access_for(req.endpoint).public:
+    # An unmatched URL has no view to guard: it is counted as a public route is.
+    if req.routing_exception is not None or access_for(req.endpoint).public:
         return _public_policies(req)
     # Resolving the identity here (before the access guard) lets a wrong key fall
     # through to the per-IP limit, so its 401s are counted.
