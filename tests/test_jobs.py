@@ -246,3 +246,13 @@ def test_jobs_belong_to_their_owner(
     admin = auth_headers("admin")
     assert client.get(f"/jobs/{job_id}", headers=admin).status_code == 200
     assert [j["id"] for j in client.get("/jobs", headers=admin).get_json()["jobs"]] == [job_id]
+
+
+def test_agent_run_retries_upstream_faults_but_not_a_refused_request() -> None:
+    """A 4xx refusal fails the same way every time: retrying it only pays the upstream again."""
+    from gateway.agents.backends import AgentBackendError, AgentRequestRefused
+    from gateway.jobs.registry import get_spec
+
+    transient = get_spec("agent.run").transient
+    assert transient(AgentBackendError("upstream answered HTTP 503"))
+    assert not transient(AgentRequestRefused("refused this request (HTTP 400)"))

@@ -84,8 +84,11 @@ def _sweep_expired(app: Flask, args: NoArgs) -> dict[str, int]:
 
 
 def _agent_failure_is_transient(exc: BaseException) -> bool:
-    from gateway.agents.backends import AgentBackendError
+    from gateway.agents.backends import AgentBackendError, AgentRequestRefused
 
+    # A request the upstream refused (a 4xx) fails the same way on every retry.
+    if isinstance(exc, AgentRequestRefused):
+        return False
     return isinstance(exc, (AgentBackendError, *REDIS_UNAVAILABLE))
 
 
