@@ -120,6 +120,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENABLE_METRICS", parse_bool, True),
     Setting("ENABLE_STREAMING", parse_bool, True),
     Setting("MAX_CONTENT_LENGTH", parse_int, 1024 * 1024),
+    # Seconds for a whole request body (gateway/bodies.py): a trickling client gets 408.
+    Setting("BODY_READ_TIMEOUT", parse_float, 10.0),
     Setting("REDIS_SOCKET_TIMEOUT", parse_float, 0.5),
     Setting("REDIS_CONNECT_TIMEOUT", parse_float, 0.5),
     Setting("REDIS_MAX_CONNECTIONS", parse_int, 200),
@@ -191,6 +193,7 @@ class Config:
         positive = ("PORT", "WEB_CONCURRENCY", "MAX_CONTENT_LENGTH", "STREAM_MAX_SECONDS")
         positive += ("SESSION_IDLE_MINUTES", "SESSION_ABSOLUTE_HOURS")
         positive += ("EVENTS_MAX_BYTES", "EVENTS_RETENTION_DAYS", "AGENT_SESSIONS_MAX", "JOBS_QUEUED_MAX")
+        positive += ("BODY_READ_TIMEOUT",)
         positive += ("AGENT_HISTORY_TOKENS", "OPENAI_MAX_TOKENS")
         for name in (*positive, "WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT"):
             if values[name] <= 0:

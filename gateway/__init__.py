@@ -28,12 +28,13 @@ def create_app(
 def _init_extensions(app: Flask) -> None:
     # Imported here, not at module level: the areas import `gateway.*` helpers themselves.
     import auth
-    from gateway import errors, logging, metrics, ratelimit, security
+    from gateway import bodies, errors, logging, metrics, ratelimit, security
     from gateway.extensions import redis_store
 
     errors.init_app(app)
     redis_store.init_app(app)
     metrics.init_app(app)
+    bodies.init_app(app)  # WSGI middleware: bounds how long any body read may take
     # The order a request meets them (DESIGN.md): request id and access log; ProxyFix,
     # https redirect, security headers and CORS; the limiter; Flask-Login identities.
     logging.init_app(app)
