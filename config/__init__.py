@@ -125,6 +125,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REDIS_SOCKET_TIMEOUT", parse_float, 0.5),
     Setting("REDIS_CONNECT_TIMEOUT", parse_float, 0.5),
     Setting("REDIS_MAX_CONNECTIONS", parse_int, 200),
+    # Pooled connections idle this long are closed, above REDIS_POOL_MIN_IDLE per pool (0: keep).
+    Setting("REDIS_POOL_IDLE_SECONDS", parse_float, 30.0),
+    Setting("REDIS_POOL_MIN_IDLE", parse_int, 2),
     Setting("STREAM_MAX_CONCURRENT_PER_KEY", parse_int, 5),
     Setting("STREAM_MAX_SECONDS", parse_int, 300),
     Setting("STREAM_HEARTBEAT_SECONDS", parse_float, 15.0),

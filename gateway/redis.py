@@ -10,14 +10,20 @@ close themselves when the server stopped being the primary (docs/operations.md,
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 import weakref
 from collections.abc import Callable
+from queue import Empty
 from typing import Any
 
 import redis
 from redis import exceptions as rex
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+from gateway import forks
 
 
 class RedisRefusedError(redis.ResponseError):
@@ -135,6 +141,77 @@ class _FaultAwarePool(redis.BlockingConnectionPool):
         super().release(connection)
 
 
+class _ReapingPool(_FaultAwarePool):
+    """Gives idle connections back: a burst grows the pool to its maximum, and redis-py never
+    shrinks it, so a managed plan's client limit fills up (89 became 477 after 900 clients).
+
+    A connection released here is stamped; a per-process reaper (:func:`_reap_loop`) closes
+    those idle for ``idle_seconds`` beyond the ``min_idle`` most recent. A closed one stays
+    in the pool and reconnects when next handed out (``get_connection`` connects it)."""
+
+    idle_seconds = 0.0  # 0: never reap
+    min_idle = 2
+
+    def release(self, connection: Any) -> None:
+        connection.gw_idle_since = time.monotonic()
+        super().release(connection)
+        if self.idle_seconds > 0:
+            _ensure_reaper(self)
+
+    def reap_idle(self, now: float | None = None) -> int:
+        """Close the connections idle too long above the floor; the number closed."""
+        now = time.monotonic() if now is None else now
+        queue = self.pool
+        taken: list[Any] = []
+        # Taken out, not looked at in place: no other thread may hand one out while it closes.
+        # Under gevent nothing here yields, so no greenlet even sees the queue short.
+        with contextlib.suppress(Empty):
+            while True:
+                taken.append(queue.get_nowait())  # most recently released first (LIFO)
+        kept = closed = 0
+        for conn in taken:
+            since = getattr(conn, "gw_idle_since", None)
+            if since is None:  # a placeholder or one already closed: holds no socket
+                continue
+            if kept < self.min_idle or now - since < self.idle_seconds:
+                kept += 1
+            else:
+                conn.disconnect()
+                conn.gw_idle_since = None
+                closed += 1
+        for conn in reversed(taken):
+            queue.put_nowait(conn)
+        return closed
+
+
+_reaped: weakref.WeakSet[_ReapingPool] = weakref.WeakSet()
+_reaper_pid: int | None = None
+_reaper_lock = threading.Lock()
+
+
+def _ensure_reaper(pool: _ReapingPool) -> None:
+    """One reaper per process (after a fork too: gunicorn's workers, RQ's work horses)."""
+    global _reaper_pid
+    if pool in _reaped and _reaper_pid == forks.pid():
+        return
+    with _reaper_lock:
+        _reaped.add(pool)
+        if _reaper_pid != forks.pid():
+            _reaper_pid = forks.pid()
+            threading.Thread(target=_reap_loop, name="redis-pool-reaper", daemon=True).start()
+
+
+def _reap_loop() -> None:
+    # A thread, hence a greenlet in a gevent worker (threading is monkey-patched there).
+    while True:
+        pools = list(_reaped)
+        interval = min((p.idle_seconds for p in pools if p.idle_seconds > 0), default=30.0) / 2
+        time.sleep(min(max(interval, 0.25), 30.0))
+        for pool in pools:
+            with contextlib.suppress(Exception):  # a reaper must outlive any one pool's trouble
+                pool.reap_idle()
+
+
 def _make_fault_aware(pool: redis.ConnectionPool) -> None:
     base = pool.connection_class  # TCP, TLS or unix socket, as the URL's scheme chose
     attrs = {"pool_ref": weakref.ref(pool), "primary_epoch": [0]}
@@ -151,6 +228,8 @@ def create_redis(
     connect_timeout: float = 0.5,
     max_connections: int = 200,
     decode_responses: bool = True,
+    idle_seconds: float = 0.0,
+    min_idle: int = 2,
     **extra: Any,
 ) -> redis.Redis:
     """Build a client from a redis://, rediss:// or unix:// URL with bounded waits.
@@ -170,7 +249,7 @@ def create_redis(
     read in more 4 KiB chunks, which hiredis parses incrementally.
     """
     extra.setdefault("socket_read_size", 4 * 1024)
-    pool = _FaultAwarePool.from_url(
+    pool = _ReapingPool.from_url(
         url,
         timeout=socket_timeout,
         socket_timeout=socket_timeout,
@@ -186,6 +265,7 @@ def create_redis(
         client_name="gateway",
         **extra,
     )
+    pool.idle_seconds, pool.min_idle = idle_seconds, min_idle
     _make_fault_aware(pool)
     client = redis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True  # as Redis.from_url does: closing the client closes the pool
@@ -199,6 +279,8 @@ def redis_from_config(config: Any, **extra: Any) -> redis.Redis:
         socket_timeout=config["REDIS_SOCKET_TIMEOUT"],
         connect_timeout=config["REDIS_CONNECT_TIMEOUT"],
         max_connections=config["REDIS_MAX_CONNECTIONS"],
+        idle_seconds=config.get("REDIS_POOL_IDLE_SECONDS", 0.0),
+        min_idle=config.get("REDIS_POOL_MIN_IDLE", 2),
         **extra,
     )
 

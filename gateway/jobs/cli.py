@@ -22,9 +22,11 @@ def worker(burst: bool) -> None:
 
     from gateway.jobs import tasks
     from gateway.jobs.worker import GatewayWorker
+    from gateway.metrics import recorder
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     tasks.set_worker_app(app)  # forked work horses inherit it: jobs run with this configuration
+    recorder.set_process_kind("job_worker")  # its forked work horses then count as horses
     connection = rq_connection(app.config)
     # It listens on every owner's queue (found anew before each dequeue), served in turn.
     rq_worker = GatewayWorker([get_queue(connection)], connection=connection, serializer=serializer())

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 
 from gateway.metrics import store
-from gateway.metrics.recorder import BREAKER_STATES
+from gateway.metrics.recorder import BREAKER_STATES, PROCESS_KINDS
 from gateway.metrics.service import uptime_seconds
 
 # prometheus_client.CONTENT_TYPE_PLAIN_0_0_4: what every Prometheus version scrapes.
@@ -81,7 +81,20 @@ class SnapshotCollector:
 
     def _gauges(self) -> Iterator[Metric]:
         processes = self.snapshot.processes
-        yield GaugeMetricFamily("gateway_processes", "Gateway processes reporting metrics", len(processes))
+        kinds = dict.fromkeys(PROCESS_KINDS, 0)
+        for process in processes:  # a process of an older version, without a kind, was a web worker
+            kind = process.get("kind", "web")
+            if kind in kinds:
+                kinds[kind] += 1
+        yield GaugeMetricFamily("gateway_processes", "Gateway web worker processes reporting", kinds["web"])
+        by_kind = GaugeMetricFamily(
+            "gateway_processes_by_kind",
+            "Processes reporting metrics: web workers, job workers, RQ work horses",
+            labels=["kind"],
+        )
+        for kind, count in kinds.items():
+            by_kind.add_metric([kind], count)
+        yield by_kind
         yield GaugeMetricFamily(
             "gateway_uptime_seconds",
             "Seconds since the oldest live process started",

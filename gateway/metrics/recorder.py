@@ -43,6 +43,27 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 RATE_LIMIT_KINDS = frozenset({"rate", "quota", "anonymous", "login"})
 BREAKER_STATES = frozenset({"closed", "open", "half_open"})
 BACKENDS = frozenset({"builtin", "openai"})  # the AGENT_BACKEND choices
+# What a reporting process is: a gunicorn worker, an RQ worker, or a work horse it forked.
+PROCESS_KINDS = ("web", "job_worker", "work_horse")
+_kind: tuple[str, int | None] = ("web", None)  # the declared kind, and the pid that declared it
+
+
+def set_process_kind(kind: str) -> None:
+    """Declare this process's kind (``jobs worker`` says job_worker); processes say web unless told."""
+    global _kind
+    if kind not in PROCESS_KINDS:
+        raise ValueError(f"unknown process kind {kind!r}")
+    _kind = (kind, forks.pid())
+    _ensure_flusher()  # a job worker reports itself even before it records anything
+
+
+def process_kind() -> str:
+    """This process's kind. RQ forks a work horse per job from the job worker: a child of a
+    declared job worker is a horse, so it never passes for another worker."""
+    kind, declared_by = _kind
+    if kind == "job_worker" and declared_by != forks.pid():
+        return "work_horse"
+    return kind
 
 
 def _bounded(value: str, allowed: frozenset[str]) -> str:
@@ -111,7 +132,11 @@ class Recorder:
         with self.lock:
             counters, sums = self.counters, self.sums
             self.counters, self.sums = Counter(), Counter()
-            gauges = {"open_streams": self.open_streams, "breakers": dict(self.breakers)}
+            gauges = {
+                "open_streams": self.open_streams,
+                "breakers": dict(self.breakers),
+                "kind": process_kind(),
+            }
         try:
             process = self.process_id() if heartbeat else None
             store.write(self.redis, counters, sums, process, self.started_at, gauges)
