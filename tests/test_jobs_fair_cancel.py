@@ -15,7 +15,9 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from rq import get_current_job
 
 from gateway.jobs import registry
+from gateway.jobs.queue import get_queue, owner_queue_name
 from gateway.jobs.registry import JobSpec, NoArgs
+from gateway.jobs.worker import GatewayWorker
 
 Headers = dict[str, str]
 RAN = "test:ran"  # ids of the jobs that ran
@@ -112,6 +114,27 @@ def test_one_owners_backlog_does_not_starve_another(
     order = r.lrange(ORDER, 0, -1)
     assert len(order) == 51
     assert order.index(b_owner) <= 2, f"B's job ran {order.index(b_owner) + 1}th of 51"
+
+
+def test_a_worker_listens_only_on_the_queues_that_hold_work(
+    app: Flask,
+    client: FlaskClient,
+    auth_headers: Callable[..., Headers],
+    runner: FlaskCliRunner,
+    r: redis.Redis,
+    marking_job: str,
+) -> None:
+    """Owners' queues outlive their jobs: listening on every one would grow with every tenant."""
+    for _ in range(20):
+        _enqueue(client, auth_headers("jobs:write"), marking_job)
+    assert runner.invoke(args=["jobs", "worker", "--burst"]).exit_code == 0
+    headers = auth_headers("jobs:write")
+    _enqueue(client, headers, marking_job)
+    owner = "api_key:" + client.get("/auth/me", headers=headers).get_json()["id"]
+
+    worker = GatewayWorker([get_queue(r)], connection=redis.Redis.from_url(app.config["REDIS_URL"]))
+    worker.refresh_queues()
+    assert [q.name for q in worker.queues] == [owner_queue_name(owner)]
 
 
 def test_a_new_owner_is_served_by_a_running_worker(

@@ -77,6 +77,23 @@ def gateway_queues(connection: redis.Redis) -> list[Queue]:
     return sorted((q for q in queues if is_gateway_queue(q.name)), key=lambda q: q.name)
 
 
+def queues_with_work(connection: redis.Redis) -> list[Queue]:
+    """The gateway queues holding a waiting job or a retry due later, in one round trip.
+
+    Owners' queues stay in RQ's registry once made; a worker that listened on all of them
+    would pop from one queue per owner that ever enqueued, idle ones included.
+    """
+    queues = gateway_queues(connection)
+    pipe = connection.pipeline(transaction=False)
+    for queue in queues:
+        pipe.llen(queue.key)
+        pipe.zcard(queue.scheduled_job_registry.key)
+    counts = pipe.execute() if queues else []
+    return [
+        q for q, waiting, later in zip(queues, counts[::2], counts[1::2], strict=True) if waiting or later
+    ]
+
+
 def queue_depths(r: redis.Redis) -> dict[str, int]:
     """Jobs waiting, all owners together (one label: owners are unbounded and private)."""
     from rq import Queue

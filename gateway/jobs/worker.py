@@ -5,7 +5,7 @@ worker dequeues round-robin (RQ's ``DequeueStrategy.ROUND_ROBIN``), so one owner
 delays another owner's job by at most one job per owner with work waiting.
 
 RQ's worker listens on the queues it was started with. Owners appear at any time, so this
-worker reads the gateway's queues again from RQ's own registry of queues (``Queue.all``)
+worker reads the gateway queues that hold work (waiting or retrying) again from RQ's registry of queues
 before every dequeue, and while idle waits at most ``REFRESH_SECONDS`` per blocking pop
 (RQ's public ``max_idle_time``) before looking again. Retries with a backoff are put back
 on their queues by ``RQScheduler.enqueue_scheduled_jobs`` over the same fresh list (RQ's
@@ -25,7 +25,7 @@ from rq.job import Job
 from rq.scheduler import RQScheduler
 
 from gateway.jobs import guard
-from gateway.jobs.queue import QUEUE_NAME, gateway_queues
+from gateway.jobs.queue import QUEUE_NAME, queues_with_work
 
 REFRESH_SECONDS = 1
 SCHEDULER_EVERY_SECONDS = 1.0
@@ -37,8 +37,8 @@ class GatewayWorker(Worker):
     _last_schedule = 0.0
 
     def refresh_queues(self) -> None:
-        """Listen on every gateway queue; keep the round-robin turn of the ones already known."""
-        fresh = gateway_queues(self.connection) or [
+        """Listen on the gateway queues with work; keep the round-robin turn of the ones known."""
+        fresh = queues_with_work(self.connection) or [
             Queue(QUEUE_NAME, connection=self.connection, serializer=self.serializer)
         ]
         names = {q.name for q in fresh}
