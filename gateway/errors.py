@@ -48,6 +48,11 @@ class APIError(HTTPException):
         self.extra = dict(extra or {})
 
 
+# RFC 6750 section 3: the challenge of every 401; a presented key that is not valid adds the
+# error code, one for unknown, revoked, expired and malformed keys alike (nothing to tell apart).
+BEARER_CHALLENGE = 'Bearer realm="gateway"'
+INVALID_TOKEN_CHALLENGE = f'{BEARER_CHALLENGE}, error="invalid_token"'
+
 # app.extensions entry: a callable (status, reason, message, headers) -> Response | None that
 # answers an error as an HTML page where people browse (the admin console); None keeps JSON.
 ERROR_PAGE_EXTENSION = "gateway.error_page"
@@ -80,7 +85,7 @@ def error_response(
     for name, value in (headers or {}).items():
         response.headers[name] = value
     if status == 401:
-        response.headers.setdefault("WWW-Authenticate", "Bearer")
+        response.headers.setdefault("WWW-Authenticate", BEARER_CHALLENGE)
     return response
 
 

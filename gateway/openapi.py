@@ -48,7 +48,10 @@ _PATH_ARG = re.compile(r"<(?:(?P<converter>[a-zA-Z_]+)(?:\([^)]*\))?:)?(?P<name>
 # Error statuses and where they can happen (CONTRACT section 4).
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Bad request: the body or parameters are missing or invalid.",
-    401: "No valid credentials (carries `WWW-Authenticate: Bearer`).",
+    401: (
+        'No valid credentials (`WWW-Authenticate: Bearer realm="gateway"`; a presented key '
+        'that is not valid adds `error="invalid_token"`).'
+    ),
     403: "The credentials lack the scope this route needs, or a cookie request came from a foreign origin.",
     404: "Not found.",
     405: "Method not allowed.",

@@ -74,15 +74,28 @@ def protected_routes(app: Flask) -> Iterator[tuple[str, str, Rule]]:
             yield method, path, rule
 
 
-def _denied(response: requests.Response | object, rule: Rule) -> str | None:
+# RFC 6750: every 401 carries the Bearer challenge; a presented key that is not valid adds
+# error="invalid_token", the same header and message for each way a key can be invalid.
+CHALLENGE = 'Bearer realm="gateway"'
+INVALID_TOKEN = f'{CHALLENGE}, error="invalid_token"'
+PRESENTED = frozenset({"malformed", "unknown", "revoked", "expired"})
+INVALID_KEY_MESSAGE = "The API key presented is not valid: it is unknown, revoked, expired or malformed."
+
+
+def _denied(response: requests.Response | object, rule: Rule, case: str = "none") -> str | None:
     """None when the answer is the contract's refusal for a caller without valid credentials."""
     status = response.status_code  # type: ignore[attr-defined]
     headers = response.headers  # type: ignore[attr-defined]
     if rule.endpoint.startswith("console."):
         ok = status == 303 and headers["Location"].endswith(CONSOLE_LOGIN)
         return None if ok else f"{status} (console pages send visitors to the login page)"
-    if status != 401 or headers.get("WWW-Authenticate") != "Bearer":
+    expected = INVALID_TOKEN if case in PRESENTED else CHALLENGE
+    if status != 401 or headers.get("WWW-Authenticate") != expected:
         return f"{status} {headers.get('WWW-Authenticate')}"
+    body = response.json  # type: ignore[attr-defined]
+    message = (body() if callable(body) else body)["message"]  # requests' method, Flask's property
+    if (message == INVALID_KEY_MESSAGE) != (case in PRESENTED):
+        return f"the message does not say whether a key was seen: {message}"
     return None
 
 
@@ -177,7 +190,7 @@ def test_matrix_through_gunicorn(
             elif case == "wrong_scope":
                 if response.status_code != 403:
                     failures.append(f"{case} {method} {path}: {response.status_code}")
-            elif problem := _denied(response, rule):
+            elif problem := _denied(response, rule, case):
                 failures.append(f"{case} {method} {path}: {problem}")
     server.stop()
     assert not failures, "\n".join(failures)

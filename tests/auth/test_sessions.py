@@ -98,7 +98,7 @@ def test_logout_makes_the_old_cookie_useless(
     assert not r.exists(session_key(sid))
     assert client.get("/auth/me").status_code == 401
     response = copy.get("/auth/me")
-    assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"] == 'Bearer realm="gateway"'
 
 
 def test_redis_holds_a_hash_of_the_session_id_only(login: Callable[..., FlaskClient], r: redis.Redis) -> None:
@@ -199,7 +199,7 @@ def test_api_key_wins_over_a_cookie_and_skips_the_origin_check(
 def test_unauthenticated_is_json_401_never_a_redirect(app: Flask) -> None:
     response = app.test_client().get("/auth/me")
     assert response.status_code == 401
-    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="gateway"'
     assert response.get_json()["path"] == "/auth/me"
 
 
