@@ -172,7 +172,7 @@ class _ReapingPool(_FaultAwarePool):
         kept = closed = 0
         for conn in taken:
             since = getattr(conn, "gw_idle_since", None)
-            if since is None:  # a placeholder or one already closed: holds no socket
+            if since is None:  # a slot BlockingConnectionPool never filled (None), or closed: no socket
                 continue
             if kept < self.min_idle or now - since < self.idle_seconds:
                 kept += 1
