@@ -86,6 +86,14 @@ def parse_header(headers: Mapping[str, str]) -> str | None:
     return value
 
 
+def request_key() -> str | None:
+    """The current request's Idempotency-Key, None without one; a 400 for an unusable value."""
+    try:
+        return parse_header(request.headers)
+    except BadIdempotencyKey as exc:
+        raise APIError(400, str(exc)) from None
+
+
 def run_once(
     r: redis.Redis,
     *,
@@ -141,10 +149,7 @@ def respond(
     replay: Callable[[dict[str, Any]], dict[str, Any]] = lambda body: body,
 ) -> tuple[Response, int]:
     """A view's answer under the request's Idempotency-Key (or plainly, without one)."""
-    try:
-        idempotency_key = parse_header(request.headers)
-    except BadIdempotencyKey as exc:
-        raise APIError(400, str(exc)) from None
+    idempotency_key = request_key()
     if idempotency_key is None:
         answer = create()
     else:

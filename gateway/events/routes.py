@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 from pydantic import BaseModel, Field, field_validator
 
 from auth import current_identity, require_scope
 from auth.identity import Identity
 from auth.scopes import ADMIN, EVENTS_READ, EVENTS_WRITE
+from gateway import idempotency
 from gateway.api import Schema, endpoint, parse_json, parse_query
 from gateway.errors import APIError
 from gateway.events import service
@@ -18,8 +19,6 @@ from gateway.extensions import get_redis
 
 bp = Blueprint("events", __name__)
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 TAGS = ("events",)
 
 
@@ -85,17 +84,6 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _idempotency_key() -> str | None:
-    value = request.headers.get(IDEMPOTENCY_HEADER)
-    if value is None:
-        return None
-    if not value or len(value) > MAX_IDEMPOTENCY_KEY_LENGTH or not value.isprintable():
-        raise APIError(
-            400, f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable characters"
-        )
-    return value
-
-
 def _identity() -> Identity:
     identity = current_identity()
     if identity is None:  # the access guard runs first; this only keeps types honest
@@ -118,7 +106,7 @@ def _identity() -> Identity:
 def post_event() -> tuple[Response, int]:
     """Append an event owned by the caller; an Idempotency-Key repeat returns the first event."""
     event = parse_json(EventIn)
-    idempotency_key = _idempotency_key()
+    idempotency_key = idempotency.request_key()
     config = current_app.config
     try:
         accepted = service.append_event(
