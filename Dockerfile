@@ -26,6 +26,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # The code: gunicorn and `flask --app wsgi` import it from the working directory.
 COPY wsgi.py gunicorn.conf.py ./
 COPY config ./config
+COPY core ./core
 COPY auth ./auth
 COPY gateway ./gateway
 # Bytecode compiled once here: the running user cannot write it (PYTHONDONTWRITEBYTECODE),

@@ -15,7 +15,7 @@ from flask import current_app, request
 from auth.identity import current_identity
 from auth.loaders import presented_key
 from auth.scopes import ADMIN
-from gateway.errors import INVALID_TOKEN_CHALLENGE, APIError
+from core.errors import INVALID_TOKEN_CHALLENGE, APIError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ACCESS_ATTR = "_gateway_access"

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from auth.keys import now_iso
-from gateway.redis import key as redis_key
+from core.redis import key as redis_key
 
 MAX_ENTRIES = 10_000
 

@@ -24,7 +24,7 @@ from auth.keys import KeyStateError
 from auth.loaders import pepper
 from auth.scopes import ALL_SCOPES
 from auth.users import LastEnabledUserError, UnknownUserError, UserExistsError
-from gateway.redis import redis_from_config
+from core.redis import redis_from_config
 
 keys_cli = AppGroup("keys", help="Create, list, revoke and rotate API keys.")
 users_cli = AppGroup("users", help="Manage admin users of the console.")

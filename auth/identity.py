@@ -83,3 +83,6 @@ def current_identity() -> Identity | None:
         current_app.login_manager._load_user()  # type: ignore[attr-defined]
         user = getattr(ctx, "_login_user", None)
     return user if getattr(user, "is_authenticated", False) else None
+
+
+login_manager = IdentityLoginManager()  # bound to the app by auth.loaders.init_app

@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from gateway.redis import key as redis_key
+from core.redis import key as redis_key
 
 KEY_PREFIX = "rgw_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

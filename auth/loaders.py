@@ -8,10 +8,10 @@ from flask import Flask, Request, Response, current_app, g, session
 
 from auth import keys, users
 from auth.cache import KeyCache
-from auth.identity import Identity
+from auth.identity import Identity, login_manager
 from auth.scopes import ADMIN
-from gateway.errors import error_response
-from gateway.extensions import get_redis, login_manager
+from core.errors import error_response
+from core.extensions import get_redis
 
 CACHE_EXTENSION = "auth.key_cache"
 

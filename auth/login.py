@@ -10,8 +10,8 @@ from auth import audit, users
 from auth.audit import Actor
 from auth.identity import Identity, current_identity
 from auth.loaders import identity_from_user
-from gateway.errors import APIError
-from gateway.extensions import get_redis
+from core.errors import APIError
+from core.extensions import get_redis
 
 
 def request_actor() -> Actor:

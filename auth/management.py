@@ -17,7 +17,7 @@ from limits import parse_many
 from auth import audit, keys, sessions, users
 from auth.audit import Actor
 from auth.scopes import validate_scopes
-from gateway.echo import clip
+from core.echo import clip
 
 MAX_NAME_LENGTH = 100
 MAX_EXPIRES_IN_DAYS = 3650

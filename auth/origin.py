@@ -17,7 +17,7 @@ from flask import current_app, request
 
 from auth.loaders import presented_key
 from config.allowlists import origin_allowed
-from gateway.errors import APIError
+from core.errors import APIError
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Login forms are checked even without a cookie (the console has its own login form).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.echo import clip
+from core.echo import clip
 
 AGENTS_READ = "agents:read"
 AGENTS_WRITE = "agents:write"

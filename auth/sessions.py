@@ -39,8 +39,8 @@ from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 
 from auth.loaders import presented_key
-from gateway.extensions import RedisStore
-from gateway.redis import key as redis_key
+from core.extensions import RedisStore
+from core.redis import key as redis_key
 
 _SID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
 

@@ -27,7 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from auth.keys import now_iso
-from gateway.redis import key as redis_key
+from core.redis import key as redis_key
 
 MIN_PASSWORD_LENGTH = 12
 # Bounds the hashing work an attacker can ask for with one login attempt.

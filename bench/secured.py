@@ -122,8 +122,8 @@ def _create_key(env: Mapping[str, str]) -> str:
     """A key with a rate and a quota far above what the run can spend."""
     from auth import keys
     from auth.loaders import pepper
+    from core.redis import redis_from_config
     from gateway import create_app
-    from gateway.redis import redis_from_config
 
     app = create_app(env)
     r = redis_from_config(app.config)

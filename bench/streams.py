@@ -234,8 +234,8 @@ def create_key(env: dict[str, str]) -> tuple[str, str]:
 
 
 def make_sessions(redis_url: str, owner: str, count: int, words: int) -> list[str]:
+    from core.redis import create_redis
     from gateway.agents import service
-    from gateway.redis import create_redis
 
     r = create_redis(redis_url, socket_timeout=5, connect_timeout=5)
     message = " ".join(f"word{n}" for n in range(words))

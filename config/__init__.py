@@ -24,6 +24,7 @@ from config.parsers import (
     parse_limit,
     parse_limits,
     parse_redis_url,
+    parse_route_limits,
     parse_str,
     parse_url_or_path,
 )
@@ -101,6 +102,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RATELIMIT_FAIL_OPEN", parse_bool, False),
     # Units a worker may lease at once from a limit with plenty left (gateway/leases.py); 1 = off.
     Setting("RATELIMIT_LEASE_MAX", parse_int, 32),
+    # Stream opens per identity (GET /agents/stream), on top of its own rate limit.
+    Setting("RATELIMIT_STREAM_OPENS", parse_limits, "60/minute"),
+    # Operator-tightened routes: "endpoint=limits, ..." (for example events.create=10/minute).
+    Setting("RATELIMIT_ROUTES", parse_route_limits, {}),
+    # The framework shortcuts of gateway/fastpath (measured there); false runs on public APIs only.
+    Setting("GATEWAY_FASTPATH", parse_bool, True),
     Setting("COMMAND_CENTER_URL", parse_url_or_path, "/docs"),
     Setting("AGENT_BACKEND", parse_choice("builtin", "openai"), "builtin"),
     Setting("AGENT_BUILTIN_DELAY_MS", parse_int, 100),
@@ -120,7 +127,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ENABLE_METRICS", parse_bool, True),
     Setting("ENABLE_STREAMING", parse_bool, True),
     Setting("MAX_CONTENT_LENGTH", parse_int, 1024 * 1024),
-    # Seconds for a whole request body (gateway/bodies.py): a trickling client gets 408.
+    # Seconds for a whole request body (core/bodies.py): a trickling client gets 408.
     Setting("BODY_READ_TIMEOUT", parse_float, 10.0),
     Setting("REDIS_SOCKET_TIMEOUT", parse_float, 0.5),
     Setting("REDIS_CONNECT_TIMEOUT", parse_float, 0.5),

@@ -62,6 +62,18 @@ def parse_limit(name: str, raw: str) -> str:
     return value
 
 
+def parse_route_limits(name: str, raw: str) -> dict[str, str]:
+    """``endpoint=limits`` entries separated by commas, e.g. ``events.create=10/minute;500/day``:
+    the per-route limits an operator adds on top of each identity's own (gateway/ratelimit)."""
+    routes: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        endpoint, sep, limits = (piece.strip() for piece in entry.partition("="))
+        if not sep or not endpoint or not limits:
+            raise ConfigError(f"{name} entries must read endpoint=limits, got {entry!r}")
+        routes[endpoint] = parse_limits(f"{name} ({endpoint})", limits)
+    return routes
+
+
 def parse_redis_url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("redis", "rediss", "unix"):

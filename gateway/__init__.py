@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 from config import load_config
-from gateway.flask_app import Gateway
+from core.app import Gateway
 
 
 def create_app(
@@ -26,10 +26,11 @@ def create_app(
 
 
 def _init_extensions(app: Flask) -> None:
-    # Imported here, not at module level: the areas import `gateway.*` helpers themselves.
+    # Imported here, not at module level: importing the areas runs their decorators.
     import auth
-    from gateway import bodies, errors, logging, metrics, ratelimit, security
-    from gateway.extensions import redis_store
+    from core import bodies, errors
+    from core.extensions import redis_store
+    from gateway import logging, metrics, ratelimit, security
 
     errors.init_app(app)
     redis_store.init_app(app)
@@ -44,11 +45,12 @@ def _init_extensions(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from gateway import agents, auth_routes, console, events, health, jobs, main, openapi
+    from gateway import account, agents, events, health, jobs, landing, openapi
     from gateway.admin import api as admin_api
+    from gateway.admin import console
     from gateway.metrics.routes import bp as metrics_bp
 
-    for blueprint in (health.bp, main.bp, auth_routes.bp, admin_api.bp, agents.bp, events.bp, metrics_bp):
+    for blueprint in (health.bp, landing.bp, account.bp, admin_api.bp, agents.bp, events.bp, metrics_bp):
         app.register_blueprint(blueprint)
     jobs.init_app(app)  # blueprint and the `jobs worker` CLI
     openapi.init_app(app)

@@ -12,10 +12,10 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 
 from auth import public
-from gateway import forks
-from gateway.api import endpoint
-from gateway.extensions import get_redis
-from gateway.redis import failure_label, is_unavailable, key
+from core import forks
+from core.extensions import get_redis
+from core.redis import failure_label, is_unavailable, key
+from core.schemas import endpoint
 
 bp = Blueprint("health", __name__)
 

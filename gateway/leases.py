@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import forks
+from core import forks
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 
-from gateway import forks
+from core import forks
 from gateway.health import HEALTH_ENDPOINTS
 
 REQUEST_ID_HEADER = "X-Request-ID"

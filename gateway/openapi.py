@@ -2,13 +2,13 @@
 
 The document is derived, never written by hand: paths and methods come from
 ``app.url_map``, request and response schemas from each view's
-:func:`gateway.api.endpoint` declaration (the same pydantic models that
+:func:`core.schemas.endpoint` declaration (the same pydantic models that
 validate requests), and security from the access markers of ``auth.access``.
 So a route, a field or a scope cannot change without the document following.
 
 Why a small builder over pydantic rather than a library: spectree and
 flask-openapi3 generate documents only for views they validate themselves (see
-gateway/api.py for why the gateway validates on its own), and apispec would
+core/schemas.py for why the gateway validates on its own), and apispec would
 need the same model-to-schema glue written here plus a plugin layer on top.
 Pydantic's ``models_json_schema`` (the multi-model form of
 ``model_json_schema``) already emits JSON Schema 2020-12, the dialect of
@@ -32,7 +32,7 @@ from werkzeug.routing import Rule
 from auth import public
 from auth.access import ACCESS_ATTR, Access
 from auth.scopes import ADMIN, ALL_SCOPES
-from gateway.api import EndpointSpec, endpoint, endpoint_spec
+from core.schemas import EndpointSpec, endpoint, endpoint_spec
 from gateway.health import HEALTH_ENDPOINTS
 from gateway.version import SERVICE_NAME, __version__
 

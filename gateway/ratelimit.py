@@ -51,12 +51,13 @@ from auth import users
 from auth.access import access_for
 from auth.identity import Identity, current_identity
 from auth.loaders import presented_key
-from gateway import forks, leases
-from gateway.errors import APIError
-from gateway.extensions import get_redis
+from core import forks
+from core.errors import APIError
+from core.extensions import get_redis
+from core.redis import REDIS_UNAVAILABLE, key
+from gateway import leases
 from gateway.health import HEALTH_ENDPOINTS
 from gateway.metrics import recorder
-from gateway.redis import REDIS_UNAVAILABLE, key
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config.allowlists import host_allowed
-from gateway.errors import APIError
+from core.errors import APIError
 from gateway.health import HEALTH_ENDPOINTS, HEALTH_PATHS
 
 HSTS_SECONDS = 365 * 24 * 3600

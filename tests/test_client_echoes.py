@@ -8,7 +8,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from auth import users
-from gateway.echo import ECHO_LIMIT, MARKER, clip
+from core.echo import ECHO_LIMIT, MARKER, clip
 
 LONG = "z" * 5000
 HEADER = "X-Request-ID"

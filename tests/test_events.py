@@ -10,8 +10,8 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from core.redis import KEYS
 from gateway.events import service
-from gateway.redis import KEYS
 
 
 @pytest.fixture

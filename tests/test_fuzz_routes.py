@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auth.scopes import ALL_SCOPES
-from gateway.api import endpoint_spec
+from core.schemas import endpoint_spec
 
 EXAMPLES_PER_ROUTE = 25
 ERROR_FIELDS = {"error", "status_code", "message", "path"}

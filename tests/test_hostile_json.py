@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from auth import public, users
-from gateway.strict_json import MAX_JSON_DEPTH
+from core.strict_json import MAX_JSON_DEPTH
 
 ERROR_FIELDS = {"error", "status_code", "message", "path"}
 JSON = "application/json"

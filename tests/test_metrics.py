@@ -14,10 +14,10 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from auth import public
+from core.redis import KEYS, create_redis
 from devtools.redis_server import free_port
 from gateway import create_app
 from gateway.metrics import recorder, store
-from gateway.redis import KEYS, create_redis
 
 Headers = dict[str, str]
 LIMITS = {"RATELIMIT_ANONYMOUS": "100000/minute", "RATELIMIT_DEFAULT": "100000/minute"}

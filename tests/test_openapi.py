@@ -15,8 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate as validate_openapi
 
+from core.schemas import endpoint_spec
 from gateway import create_app
-from gateway.api import endpoint_spec
 from gateway.openapi import CACHE_KEY, RATE_LIMIT_HEADERS
 
 ANY = "any identity"

@@ -10,9 +10,9 @@ import redis
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.redis import KEYS
 from gateway import create_app
 from gateway.metrics import recorder
-from gateway.redis import KEYS
 
 
 @pytest.fixture

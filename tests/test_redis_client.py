@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.redis import create_redis
 from devtools.redis_server import RedisServer, find_redis_server
-from gateway.redis import create_redis
 
 
 @pytest.fixture

@@ -26,11 +26,11 @@ from redis.retry import Retry
 
 from auth import keys, public, users
 from auth.loaders import pepper
+from core.extensions import get_redis
+from core.redis import RedisRefusedError, create_redis, failure_label, is_unavailable
 from devtools.gunicorn import GunicornServer
 from devtools.redis_server import RedisServer, free_port
 from gateway import create_app
-from gateway.extensions import get_redis
-from gateway.redis import RedisRefusedError, create_redis, failure_label, is_unavailable
 
 EMAIL = "faults@example.com"
 PASSWORD = "correct horse battery staple 7"
@@ -398,7 +398,7 @@ UNAVAILABLE = [
     redis.ReadOnlyError("You can't write against a read only replica."),
     redis.exceptions.MasterDownError("Link with MASTER is down"),
     RedisRefusedError("BUSY Redis is busy running a script."),
-    # As a client not built by gateway.redis raises them (a bare ResponseError):
+    # As a client not built by core.redis raises them (a bare ResponseError):
     redis.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL"),
     redis.ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's unable to"),
     redis.ResponseError("NOREPLICAS Not enough good replicas to write."),

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import redis
 
+from core.redis import create_redis
 from devtools.gunicorn import GunicornServer
-from gateway.redis import create_redis
 
 IDLE_SECONDS = 2.0
 

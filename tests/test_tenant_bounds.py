@@ -16,13 +16,13 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from config import ConfigError, load_config
+from core.redis import KEYS
 from devtools.gunicorn import GunicornServer
 from gateway.agents import service as sessions
 from gateway.events import service as events
 from gateway.jobs import limits as job_limits
 from gateway.jobs import service as jobs
 from gateway.jobs.queue import rq_connection
-from gateway.redis import KEYS
 
 Headers = dict[str, str]
 DAY_MS = 24 * 3600 * 1000

@@ -9,8 +9,8 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
+from core.redis import KEYS
 from gateway.events import service as events
-from gateway.redis import KEYS
 
 Headers = dict[str, str]
 TENANT_SCOPES = ("events:read", "events:write", "jobs:read", "jobs:write", "agents:read", "agents:write")

@@ -19,10 +19,10 @@ from auth.keys import KeyStateError
 from auth.loaders import key_cache, pepper
 from auth.login import keep_own_session, own_session_id, request_actor
 from auth.scopes import ADMIN, validate_scopes
-from gateway import idempotency
-from gateway.api import Schema, endpoint, parse_json, parse_query
-from gateway.errors import APIError
-from gateway.extensions import get_redis
+from core import idempotency
+from core.errors import APIError
+from core.extensions import get_redis
+from core.schemas import Schema, endpoint, parse_json, parse_query
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin")
 TAGS = ("admin",)
@@ -162,7 +162,7 @@ def create_key() -> tuple[Response, int]:
     body = parse_json(KeyCreate)
     actor = request_actor()
     # A retry with the same Idempotency-Key gets the first key back, secret included; the
-    # secret is kept only sealed (see gateway.idempotency.seal and docs/auth.md).
+    # secret is kept only sealed (see core.idempotency.seal and docs/auth.md).
     seal_key = request.headers.get(idempotency.HEADER, "")  # validated by respond()
     owner = actor.owner
 

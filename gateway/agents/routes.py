@@ -15,6 +15,10 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from auth import current_identity, require_scope
 from auth.identity import Identity
 from auth.scopes import ADMIN, AGENTS_READ, AGENTS_WRITE
+from core.errors import APIError
+from core.extensions import get_redis
+from core.redis import KEYS
+from core.schemas import endpoint, parse_json, parse_query
 from gateway.agents import schemas, service, streaming
 from gateway.agents.backends import backend_from_config
 from gateway.agents.sse import (
@@ -26,10 +30,6 @@ from gateway.agents.sse import (
     find_resume_point,
     new_stream_id,
 )
-from gateway.api import endpoint, parse_json, parse_query
-from gateway.errors import APIError
-from gateway.extensions import get_redis
-from gateway.redis import KEYS
 
 bp = Blueprint("agents", __name__, url_prefix="/agents")
 TAGS = ("agents",)

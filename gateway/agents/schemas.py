@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from gateway.api import Schema
+from core.schemas import Schema
 
 CONTENT_MAX = 4000
 SESSION_ID_REQUIRED = "session_id is required"

@@ -1,6 +1,6 @@
 """Agent sessions and their messages in Redis, shared by every worker and instance.
 
-Layout (names from ``gateway.redis.KEYS``):
+Layout (names from ``core.redis.KEYS``):
 
 * ``agent_session(id)``: hash ``id, created_by, created_at, last_activity``.
 * ``agent_messages(id)``: list of JSON messages, oldest first, trimmed to the
@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from gateway.redis import KEYS
+from core.redis import KEYS
 
 SESSION_TTL_SECONDS = 7 * 24 * 3600
 HISTORY_LIMIT = 1000

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from gateway.redis import KEYS, REDIS_UNAVAILABLE
+from core.redis import KEYS, REDIS_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

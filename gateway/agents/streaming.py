@@ -58,6 +58,8 @@ from flask import Flask, has_app_context
 from auth.identity import Identity
 from auth.keys import get_key, key_status
 from auth.sessions import session_key
+from core.errors import APIError
+from core.redis import KEYS, REDIS_UNAVAILABLE
 from gateway.agents.backends import AgentBackend, AgentBackendError, Message
 from gateway.agents.sse import (
     ABORTED,
@@ -72,10 +74,8 @@ from gateway.agents.sse import (
     dumps,
     encode_frame,
 )
-from gateway.errors import APIError
 from gateway.metrics import recorder
 from gateway.ratelimit import quota_exhausted
-from gateway.redis import KEYS, REDIS_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from pydantic import BaseModel, Field, field_validator
 from auth import current_identity, require_scope
 from auth.identity import Identity
 from auth.scopes import ADMIN, EVENTS_READ, EVENTS_WRITE
-from gateway import idempotency
-from gateway.api import Schema, endpoint, parse_json, parse_query
-from gateway.errors import APIError
+from core import idempotency
+from core.errors import APIError
+from core.extensions import get_redis
+from core.schemas import Schema, endpoint, parse_json, parse_query
 from gateway.events import service
-from gateway.extensions import get_redis
 
 bp = Blueprint("events", __name__)
 

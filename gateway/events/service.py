@@ -27,9 +27,9 @@ from typing import Any
 
 import redis
 
-from gateway.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
-from gateway.idempotency import IdempotencyConflict, digest, scoped_digest
-from gateway.redis import KEYS
+from core.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
+from core.idempotency import IdempotencyConflict, digest, scoped_digest
+from core.redis import KEYS
 
 DAY_SECONDS = 24 * 3600
 # The defaults of EVENTS_MAX_BYTES and EVENTS_RETENTION_DAYS, for callers outside a request.

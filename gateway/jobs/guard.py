@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import redis
 
-from gateway.redis import key
+from core.redis import key
 
 MARK_TTL_SECONDS = 7 * 24 * 3600  # as long as RQ keeps an ended job
 RQ_PREFIX = "rq:"

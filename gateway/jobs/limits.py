@@ -15,7 +15,7 @@ import time
 
 import redis
 
-from gateway.redis import KEYS
+from core.redis import KEYS
 
 # A place is taken just before RQ writes the job: until then the job has no record. A
 # place whose job never appeared (the request died in between) is let go after this.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from flask import Flask, current_app
 
-from gateway.redis import redis_from_config
+from core.redis import redis_from_config
 
 if TYPE_CHECKING:
     from rq import Queue

@@ -16,8 +16,8 @@ from flask import Flask
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from auth.scopes import ADMIN, JOBS_WRITE
-from gateway.echo import clip
-from gateway.redis import REDIS_UNAVAILABLE
+from core.echo import clip
+from core.redis import REDIS_UNAVAILABLE
 
 if TYPE_CHECKING:
     from rq import Retry
@@ -78,7 +78,7 @@ def _agent_run(app: Flask, args: AgentRunArgs) -> str:
 
 def _sweep_expired(app: Flask, args: NoArgs) -> dict[str, int]:
     from auth import keys
-    from gateway.extensions import RedisStore
+    from core.extensions import RedisStore
 
     return {"removed": keys.sweep_expired(RedisStore.client(app))}
 

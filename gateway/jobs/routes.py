@@ -13,10 +13,10 @@ from pydantic import BaseModel, Field
 
 from auth import current_identity, require_scope
 from auth.scopes import ADMIN, JOBS_READ, JOBS_WRITE
-from gateway import idempotency
-from gateway.api import Schema, endpoint, parse_json, parse_query
-from gateway.errors import APIError
-from gateway.extensions import get_redis
+from core import idempotency
+from core.errors import APIError
+from core.extensions import get_redis
+from core.schemas import Schema, endpoint, parse_json, parse_query
 from gateway.jobs.limits import QueuedJobsLimitReached
 from gateway.jobs.queue import app_connection
 from gateway.jobs.registry import REGISTRY, JobInputError

@@ -20,11 +20,11 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry
 
+from core.redis import KEYS
 from gateway.jobs import guard, limits
 from gateway.jobs.queue import get_queue, serializer
 from gateway.jobs.registry import RetryPolicy, get_spec, validate_args
 from gateway.jobs.tasks import ENTRY_POINT, ERROR_META
-from gateway.redis import KEYS
 
 INDEX_MAX = 1000  # jobs remembered per index (global and per owner)
 RESULT_TTL_SECONDS = 7 * 24 * 3600  # finished and failed jobs stay readable for a week

@@ -15,9 +15,9 @@ from flask import Flask
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from core.redis import REDIS_UNAVAILABLE
 from gateway.jobs.registry import JobInputError, JobSpec, get_spec, validate_args
 from gateway.metrics import recorder
-from gateway.redis import REDIS_UNAVAILABLE
 
 ENTRY_POINT = "gateway.jobs.tasks.execute"
 ERROR_META = "error"

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from gateway.extensions import RedisStore
+from core.extensions import RedisStore
 from gateway.health import HEALTH_ENDPOINTS
 from gateway.metrics import recorder
 

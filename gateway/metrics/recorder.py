@@ -31,7 +31,7 @@ from typing import Any
 
 from flask import current_app, has_app_context
 
-from gateway import forks
+from core import forks
 from gateway.metrics import store
 
 FLUSH_INTERVAL = 1.0

@@ -9,9 +9,9 @@ from pydantic import BaseModel
 
 from auth import require_scope
 from auth.scopes import METRICS_READ
-from gateway.api import endpoint
-from gateway.errors import APIError
-from gateway.extensions import get_redis
+from core.errors import APIError
+from core.extensions import get_redis
+from core.schemas import endpoint
 from gateway.metrics import recorder, service, store
 
 bp = Blueprint("metrics", __name__)

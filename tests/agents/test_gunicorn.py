@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
+from core.redis import KEYS
 from devtools.gunicorn import GunicornServer
-from gateway.redis import KEYS
 from tests.agents.sse_client import SSEParser
 
 pytestmark = pytest.mark.gunicorn

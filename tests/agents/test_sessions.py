@@ -12,8 +12,8 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from core.redis import KEYS
 from gateway.agents import service
-from gateway.redis import KEYS
 
 Headers = Callable[..., dict[str, str]]
 

@@ -11,8 +11,8 @@ import pytest
 import redis
 from flask import Flask
 
+from core.redis import KEYS
 from gateway.agents import streaming
-from gateway.redis import KEYS
 from tests.agents.sse_client import SSEParser, iter_events, parse
 
 Headers = Callable[..., dict[str, str]]

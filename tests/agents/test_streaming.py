@@ -13,8 +13,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from auth import keys, users
+from core.redis import KEYS
 from gateway.agents.backends.builtin import compose_reply
-from gateway.redis import KEYS
 from tests.agents.sse_client import Event, SSEParser, iter_events, parse
 
 Headers = Callable[..., dict[str, str]]

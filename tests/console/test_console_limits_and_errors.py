@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway import create_app
-from gateway.console import actions
+from gateway.admin.console import actions
 from gateway.version import __version__
 from tests.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, ORIGIN
 

@@ -9,9 +9,9 @@ import pytest
 from flask import Flask, Response, jsonify, stream_with_context
 
 from auth import authenticated, current_identity, public
+from core.schemas import Schema, parse_json
 from devtools.redis_server import RedisServer
 from gateway import create_app
-from gateway.api import Schema, parse_json
 from gateway.ratelimit import login_limit
 
 

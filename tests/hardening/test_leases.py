@@ -193,7 +193,7 @@ def test_batched_access_lines_and_leases_are_flushed_by_a_graceful_stop(
 
 
 def test_a_forked_child_never_gives_back_its_parents_leases(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import forks
+    from core import forks
 
     given: list[list[leases.Lease]] = []
     book = leases.LeaseBook(given.append)

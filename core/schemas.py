@@ -21,9 +21,9 @@ from typing import Any, ClassVar, TypeVar
 from flask import request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gateway.echo import clip
-from gateway.errors import APIError
-from gateway.strict_json import NO_JSON
+from core.echo import clip
+from core.errors import APIError
+from core.strict_json import NO_JSON
 
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=BaseModel)
@@ -100,7 +100,7 @@ def json_object() -> dict[str, Any]:
     """The request body as a non-empty JSON object.
 
     415 when a body is sent as another type; 400 when it is missing, not strict JSON
-    (gateway.strict_json, the app's one parser), or not an object with members.
+    (core.strict_json, the app's one parser), or not an object with members.
     """
     raw = request.get_data(cache=True)
     if not raw.strip():

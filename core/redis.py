@@ -23,7 +23,7 @@ from redis import exceptions as rex
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from gateway import forks
+from core import forks
 
 
 class RedisRefusedError(redis.ResponseError):

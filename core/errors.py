@@ -10,7 +10,7 @@ import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from gateway.redis import failure_label, is_unavailable
+from core.redis import failure_label, is_unavailable
 
 # Sentences for statuses whose Werkzeug description is written for HTML pages.
 _MESSAGES: dict[int, str] = {

@@ -11,9 +11,9 @@ from __future__ import annotations
 from flask import Flask
 
 from gateway import ratelimit
-from gateway.console import error_pages
-from gateway.console.csrf import csrf_token
-from gateway.console.views import bp
+from gateway.admin.console import error_pages
+from gateway.admin.console.csrf import csrf_token
+from gateway.admin.console.views import bp
 
 __all__ = ["bp", "init_app"]
 

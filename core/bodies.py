@@ -25,7 +25,7 @@ from typing import Any
 
 from flask import Flask
 
-from gateway.errors import APIError
+from core.errors import APIError
 
 
 class BodyTimeout(APIError):

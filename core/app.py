@@ -1,6 +1,6 @@
 """The gateway's Flask and Response classes: Flask's, minus two costs paid on every request.
 
-Request JSON is parsed, and answers serialized, only by :mod:`gateway.strict_json`.
+Request JSON is parsed, and answers serialized, only by :mod:`core.strict_json`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask, Response
 from werkzeug.datastructures import Headers
 
-from gateway.strict_json import StrictJSONProvider, StrictRequest
+from core.strict_json import StrictJSONProvider, StrictRequest
 
 # Headers whose presence makes Werkzeug rewrite an answer's headers (see get_wsgi_headers).
 _REWRITTEN = frozenset({"location", "content-location"})

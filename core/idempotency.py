@@ -23,8 +23,8 @@ from typing import Any
 import redis
 from flask import Response, jsonify, request
 
-from gateway.errors import APIError
-from gateway.redis import key
+from core.errors import APIError
+from core.redis import key
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255

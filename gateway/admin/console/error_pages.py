@@ -3,7 +3,7 @@
 People browse the console, so a 404, 429, 403, 500 or 503 there is a page with the
 status code, not the raw JSON a program gets. The JSON admin API under the same
 /admin/ prefix (/admin/keys, /admin/audit, ...) keeps the contract's JSON shape.
-gateway.errors asks :func:`render_error_page` first for every error it answers.
+core.errors asks :func:`render_error_page` first for every error it answers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, current_app, g, render_template, request
 
 from auth.identity import Identity
-from gateway.errors import ERROR_PAGE_EXTENSION
+from core.errors import ERROR_PAGE_EXTENSION
 
 CONSOLE = "console"
 CONSOLE_PREFIX = "/admin/"

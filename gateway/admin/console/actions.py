@@ -10,7 +10,7 @@ from typing import Any
 from auth import audit, keys, login, management, users
 from auth.loaders import key_cache, pepper
 from auth.scopes import validate_scopes
-from gateway.extensions import get_redis
+from core.extensions import get_redis
 
 AUDIT_PAGE = 200
 

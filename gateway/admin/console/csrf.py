@@ -27,7 +27,7 @@ from typing import NamedTuple
 from flask import Response, current_app, request, session
 from itsdangerous import BadData, URLSafeTimedSerializer
 
-from gateway.errors import APIError
+from core.errors import APIError
 
 SESSION_TOKEN = "console_csrf"  # noqa: S105 - a session field name, not a secret
 SESSION_FORMS = "console_forms"

@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 from auth import authenticated, current_identity, public, users
 from auth.identity import Identity
 from auth.login import log_in, log_out
-from gateway.api import Schema, endpoint, json_object, validate
-from gateway.errors import APIError
+from core.errors import APIError
+from core.schemas import Schema, endpoint, json_object, validate
 from gateway.ratelimit import login_limit
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from flask import Request, Response
 from flask.json.provider import DefaultJSONProvider
 
-from gateway.errors import APIError, error_response
+from core.errors import APIError, error_response
 
 # Deep enough for any payload the API documents (events' free-form `data` included),
 # shallow enough that no recursive consumer (pydantic, the encoder) comes near its limit.

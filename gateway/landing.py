@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, redirect
 from pydantic import BaseModel
 
 from auth import public
-from gateway.api import endpoint
+from core.schemas import endpoint
 from gateway.version import SERVICE_NAME, __version__
 
 bp = Blueprint("main", __name__)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import redis
 from flask import Flask, current_app
 
-from auth.identity import IdentityLoginManager
-from gateway.redis import redis_from_config
+from core.redis import redis_from_config
 
 EXTENSION_KEY = "gateway.redis"
 
 
 class RedisStore:
-    """Holds the app's one Redis client (built by gateway.redis) in ``app.extensions``."""
+    """Holds the app's one Redis client (built by core.redis) in ``app.extensions``."""
 
     def init_app(self, app: Flask) -> None:
         # Building the client opens no connection: redis-py connects lazily, so a
@@ -25,7 +24,6 @@ class RedisStore:
 
 
 redis_store = RedisStore()
-login_manager = IdentityLoginManager()
 
 
 def get_redis() -> redis.Redis:

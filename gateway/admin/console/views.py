@@ -25,9 +25,10 @@ from flask import (
 
 from auth import current_identity, public, require_scope
 from auth.scopes import ADMIN, ALL_SCOPES
-from gateway.api import endpoint
-from gateway.console import actions
-from gateway.console.csrf import (
+from core.errors import APIError, error_response
+from core.schemas import endpoint
+from gateway.admin.console import actions
+from gateway.admin.console.csrf import (
     check_csrf,
     check_login_csrf,
     clear_login_cookie,
@@ -36,7 +37,6 @@ from gateway.console.csrf import (
     set_login_cookie,
     spend_form_id,
 )
-from gateway.errors import APIError, error_response
 from gateway.openapi import hide_from_schema
 from gateway.ratelimit import login_limit
 from gateway.version import __version__
