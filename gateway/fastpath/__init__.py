@@ -1,0 +1,26 @@
+"""The gateway's framework shortcuts: every place it relies on a library's internals
+for speed lives in this package, and nowhere else.
+
+Each shortcut here:
+
+* is on only while ``GATEWAY_FASTPATH`` is true (the default); with it false the
+  gateway runs on the libraries' public APIs alone, with the same behaviour;
+* says in its docstring what it saves, as measured with ``python -m bench secured``;
+* has a guard test in ``tests/fastpath/`` that fails loudly when the upstream
+  internal it relies on changes shape, so an upgrade breaks a test, not production.
+
+A module here may import the foundation (``core``) and the libraries; nothing
+outside this package reaches into a library's private attributes (tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+SWITCH = "GATEWAY_FASTPATH"
+
+
+def enabled(config: Mapping[str, Any]) -> bool:
+    """True when the shortcuts may be used (``GATEWAY_FASTPATH``, on by default)."""
+    return bool(config.get(SWITCH, True))
