@@ -43,7 +43,7 @@ from gateway.version import __version__
 
 bp = Blueprint("console", __name__, url_prefix="/admin")
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "static" / "console"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 ASSET_MAX_AGE = 3600  # an asset fetched without ?v=<version> may change with a release
 # Pages link assets as ?v=<version>: that URL changes with every release, so it never goes stale.
 VERSIONED_ASSET_MAX_AGE = 365 * 24 * 3600
