@@ -18,8 +18,6 @@ jobs_cli = AppGroup("jobs", help="Background jobs (RQ) over the gateway's Redis.
 def worker(burst: bool) -> None:
     """Run jobs from the gateway queue until SIGTERM/SIGINT (a warm shutdown finishes the current job)."""
     # Imported here: the group is registered on every app, but only this command needs rq.
-    from rq.worker import DequeueStrategy
-
     from gateway.jobs import tasks
     from gateway.jobs.worker import GatewayWorker
     from gateway.metrics import recorder
@@ -36,9 +34,7 @@ def worker(burst: bool) -> None:
     try:
         # The worker itself moves due retries back onto their queues (RQ's scheduler process
         # would watch only the queues that existed when it started).
-        rq_worker.work(
-            burst=burst, logging_level=app.config["LOG_LEVEL"], dequeue_strategy=DequeueStrategy.ROUND_ROBIN
-        )
+        rq_worker.work(burst=burst, logging_level=app.config["LOG_LEVEL"])
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)

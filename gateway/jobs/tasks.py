@@ -2,8 +2,11 @@
 
 Every job runs inside an app context of the gateway's own app, so job code
 reads ``app.config`` and the same Redis and metrics as the web workers. The
-``jobs worker`` command hands its app over with :func:`set_worker_app`; a plain
-``rq worker`` falls back to building one from the environment.
+``jobs worker`` command hands its app over with :func:`set_worker_app` (its forked
+work horses inherit it); a job picked up by any other worker is refused with a
+clear error rather than run against an app this module would have to build (the
+factory imports the areas, so an area building the factory would run the import
+graph upward).
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ def set_worker_app(app: Flask) -> None:
     _worker_app = app
 
 
-def worker_app() -> Flask:
-    global _worker_app
-    if _worker_app is None:
-        from gateway import create_app
+class NoWorkerApp(RuntimeError):
+    """A job ran in a worker that the ``jobs worker`` command did not start."""
 
-        _worker_app = create_app()
+
+def worker_app() -> Flask:
+    if _worker_app is None:
+        raise NoWorkerApp("gateway jobs run under `flask --app wsgi jobs worker`, which provides their app")
     return _worker_app
 
 

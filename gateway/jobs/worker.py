@@ -1,7 +1,7 @@
 """The gateway's RQ worker: owners take turns, and a canceled job never starts.
 
 Fair share: each owner's jobs wait in a queue of its own (``queue.owner_queue_name``) and the
-worker dequeues round-robin (RQ's ``DequeueStrategy.ROUND_ROBIN``), so one owner's backlog
+worker dequeues round-robin, so one owner's backlog
 delays another owner's job by at most one job per owner with work waiting.
 
 RQ's worker listens on the queues it was started with. Owners appear at any time, so this
@@ -20,9 +20,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis
 from rq import Queue, Worker
+from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.scheduler import RQScheduler
+from rq.worker import WorkerStatus
 
 from gateway.jobs import guard
 from gateway.jobs.queue import QUEUE_NAME, queues_with_work
@@ -32,22 +35,37 @@ SCHEDULER_EVERY_SECONDS = 1.0
 
 
 class GatewayWorker(Worker):
-    """An RQ worker over every gateway queue, present and future, served round-robin."""
+    """An RQ worker over every gateway queue, present and future, served round-robin.
+
+    It dequeues through RQ's public ``Queue.dequeue_any`` over a turn order of its own
+    (RQ keeps its order in a private list that only its constructor fills), and learns
+    of a warm shutdown through the public ``handle_warm_shutdown_request`` hook.
+    """
 
     _last_schedule = 0.0
+    _turn: tuple[str, ...] = ()  # queue names, the next to serve first
+    _stopping = False
 
-    def refresh_queues(self) -> None:
-        """Listen on the gateway queues with work; keep the round-robin turn of the ones known."""
+    def handle_warm_shutdown_request(self) -> None:
+        self._stopping = True
+        super().handle_warm_shutdown_request()
+
+    def refresh_queues(self) -> list[Queue]:
+        """The gateway queues with work, in turn order: known ones keep their turn, new ones queue last."""
         fresh = queues_with_work(self.connection) or [
             Queue(QUEUE_NAME, connection=self.connection, serializer=self.serializer)
         ]
-        names = {q.name for q in fresh}
-        # RQ rotates this list after each job (round-robin); there is no public setter, so the
-        # turn order is carried over by hand: known queues in their order, new ones at the end.
-        kept = [q for q in self._ordered_queues if q.name in names]
-        known = {q.name for q in kept}
         self.queues = fresh
-        self._ordered_queues = kept + [q for q in fresh if q.name not in known]
+        by_name = {q.name: q for q in fresh}
+        order = [name for name in self._turn if name in by_name]
+        order += [q.name for q in fresh if q.name not in set(order)]
+        self._turn = tuple(order)
+        return [by_name[name] for name in order]
+
+    def _served(self, queue: Queue) -> None:
+        # Round-robin: the queue just served goes to the back of the turn.
+        names = [name for name in self._turn if name != queue.name]
+        self._turn = (*names, queue.name)
 
     def enqueue_due_retries(self) -> None:
         now = time.monotonic()
@@ -65,21 +83,48 @@ class GatewayWorker(Worker):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
+        """The next job of the queue whose turn it is (burst: one non-blocking look)."""
+        self.set_state(WorkerStatus.IDLE)
         idle_since = time.monotonic()
-        while True:
-            self.refresh_queues()
-            self.enqueue_due_retries()
-            if timeout is None:  # burst: one non-blocking look over every queue
-                return super().dequeue_job_and_maintain_ttl(None, None)
-            wait = REFRESH_SECONDS
-            if max_idle_time is not None:
+        while not self._stopping:
+            wait = None if timeout is None else REFRESH_SECONDS
+            if wait is not None and max_idle_time is not None:
                 left = max_idle_time - (time.monotonic() - idle_since)
                 if left <= 0:
                     return None
                 wait = max(1, min(wait, int(left)))
-            found = super().dequeue_job_and_maintain_ttl(wait, wait)
-            if found is not None or self._stop_requested:
+            found = self._dequeue_once(wait)
+            if found is not None or timeout is None:
                 return found
+        return None
+
+    def _dequeue_once(self, wait: int | None) -> tuple[Job, Queue] | None:
+        self.heartbeat()
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
+        ordered = self.refresh_queues()
+        self.enqueue_due_retries()
+        try:
+            found = self.queue_class.dequeue_any(
+                ordered,
+                wait,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
+        except DequeueTimeout:
+            return None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # as RQ's own loop: wait, go on
+            self.log.error("Worker %s: Redis unreachable (%s); retrying", self.name, exc)
+            time.sleep(REFRESH_SECONDS)
+            return None
+        if found is not None:
+            job, queue = found
+            self._served(queue)
+            job.redis_server_version = self.get_redis_server_version()
+            self.log.info("Worker %s: %s: %s", self.name, queue.name, job.id)
+        return found
 
     def execute_job(self, job: Job, queue: Queue) -> Any:
         if not guard.claim_start(self.connection, job.id, ttl=guard.MARK_TTL_SECONDS):

@@ -8,37 +8,10 @@ from any OpenAI-compatible chat-completions server. Callers (the SSE stream, the
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-Message = dict[str, str]
-
-
-class AgentBackendError(Exception):
-    """The backend could not produce a reply; ``str(exc)`` is a sentence safe to show clients."""
-
-
-class AgentRequestRefused(AgentBackendError):
-    """The upstream refused this one request (a 4xx such as a context that is too long).
-
-    The caller's own failure, not the upstream's: it must not count against the
-    circuit breaker that every tenant of the process shares.
-    """
-
-
-class AgentBackend(Protocol):
-    """What every backend offers: the reply to a conversation, as text deltas."""
-
-    name: str
-    # The longest the iterator may block between deltas, when the backend knows it
-    # (None: unknown, e.g. an upstream read). Short pauses let a stream iterate the
-    # backend inline instead of in a background thread.
-    max_pause_seconds: float | None
-
-    def stream_reply(self, messages: list[Message]) -> Iterator[str]:
-        """Yield the reply to ``messages`` ([{"role", "content"}], oldest first) piece by piece."""
-        ...
-
+from gateway.agents.backends.base import AgentBackend, AgentBackendError, AgentRequestRefused, Message
 
 # One backend per distinct configuration and process, so the openai backend's
 # connection pool and circuit breaker are shared by every stream of a worker.

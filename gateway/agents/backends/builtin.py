@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 
-from gateway.agents.backends import Message
+from gateway.agents.backends.base import Message
 
 _WORD = re.compile(r"\s*\S+\s*")
 NO_MESSAGE_REPLY = "Hello! Post a user message to this session and I will answer it."

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from gateway.agents.backends import AgentBackendError, AgentRequestRefused, Message
+from gateway.agents.backends.base import AgentBackendError, AgentRequestRefused, Message
 from gateway.agents.backends.breaker import CircuitBreaker, CircuitOpenError
 from gateway.metrics import recorder
 
