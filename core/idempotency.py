@@ -24,24 +24,28 @@ import redis
 from flask import Response, jsonify, request
 
 from core.errors import APIError
-from core.redis import key
+from core.redis import LuaScript, key
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 TTL_SECONDS = 24 * 3600
 PENDING_SECONDS = 60
 
-_CLAIM = """
+_CLAIM = LuaScript(
+    """
 local previous = redis.call('GET', KEYS[1])
 if previous then return previous end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
-_DROP_PENDING = """
+)
+_DROP_PENDING = LuaScript(
+    """
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
+)
 
 
 class IdempotencyConflict(Exception):
@@ -112,16 +116,16 @@ def run_once(
     """
     record_key = key("idempotency", scope, scoped_digest(owner, idempotency_key))
     pending = json.dumps({"request": request, "pending": True})
-    previous = r.eval(_CLAIM, 1, record_key, pending, PENDING_SECONDS)
+    previous = _CLAIM(r, [record_key], [pending, PENDING_SECONDS])
     if previous:
         return _repeat(json.loads(previous), request, replay)
     try:
         answer = create()
     except BaseException:
-        r.eval(_DROP_PENDING, 1, record_key, pending)
+        _DROP_PENDING(r, [record_key], [pending])
         raise
     if answer.status >= 400:  # a refusal is not remembered: the client may fix and retry
-        r.eval(_DROP_PENDING, 1, record_key, pending)
+        _DROP_PENDING(r, [record_key], [pending])
         return answer
     done = {"request": request, "status": answer.status, "body": stored(answer)}
     r.set(record_key, json.dumps(done), ex=TTL_SECONDS)

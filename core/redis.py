@@ -23,7 +23,7 @@ from redis import exceptions as rex
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from core import forks
+from core.background import BackgroundLoop
 
 
 class RedisRefusedError(redis.ResponseError):
@@ -187,35 +187,30 @@ class _ReapingPool(_FaultAwarePool):
 
 REAP_TICK_SECONDS = 0.5
 _reaped: weakref.WeakSet[_ReapingPool] = weakref.WeakSet()
-_reaper_pid: int | None = None
-_reaper_lock = threading.Lock()
+_reaped_lock = threading.Lock()
+
+
+def _reap_all() -> None:
+    # Each pool is looked at every idle_seconds / 2: a connection goes within 1.5 x idle_seconds.
+    with _reaped_lock:  # a copy: another thread may add a pool while this one walks them
+        pools = list(_reaped)
+    now = time.monotonic()
+    for pool in pools:
+        if now >= pool.next_reap:
+            pool.next_reap = now + pool.idle_seconds / 2
+            with contextlib.suppress(Exception):  # a reaper must outlive any one pool's trouble
+                pool.reap_idle(now)
+
+
+# One reaper per process (after a fork too: gunicorn's workers, RQ's work horses).
+_reaper = BackgroundLoop("redis-pool-reaper", REAP_TICK_SECONDS, _reap_all)
 
 
 def _ensure_reaper(pool: _ReapingPool) -> None:
-    """One reaper per process (after a fork too: gunicorn's workers, RQ's work horses)."""
-    global _reaper_pid
-    if pool in _reaped and _reaper_pid == forks.pid():
-        return
-    with _reaper_lock:
-        _reaped.add(pool)
-        if _reaper_pid != forks.pid():
-            _reaper_pid = forks.pid()
-            threading.Thread(target=_reap_loop, name="redis-pool-reaper", daemon=True).start()
-
-
-def _reap_loop() -> None:
-    # A thread, hence a greenlet in a gevent worker (threading is monkey-patched there). Each
-    # pool is looked at every idle_seconds / 2: a connection goes within 1.5 x idle_seconds.
-    while True:
-        time.sleep(REAP_TICK_SECONDS)
-        with _reaper_lock:  # a copy: another thread may add a pool while this one walks them
-            pools = list(_reaped)
-        now = time.monotonic()
-        for pool in pools:
-            if now >= pool.next_reap:
-                pool.next_reap = now + pool.idle_seconds / 2
-                with contextlib.suppress(Exception):  # a reaper must outlive any one pool's trouble
-                    pool.reap_idle(now)
+    if pool not in _reaped:
+        with _reaped_lock:
+            _reaped.add(pool)
+    _reaper.ensure_started()
 
 
 def _make_fault_aware(pool: redis.ConnectionPool) -> None:
@@ -373,3 +368,16 @@ class KEYS:
     def jobs_unfinished(owner: str) -> str:
         # Jobs of one owner not yet ended, for the JOBS_QUEUED_MAX cap.
         return key("jobs", "unfinished", owner)
+
+
+class LuaScript:
+    """A Lua script, run through redis-py's ``register_script`` on whichever client is given:
+    EVALSHA, with the body sent only to a server that does not have it yet (NOSCRIPT)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __call__(self, r: Any, keys: list[Any], args: list[Any]) -> Any:
+        # Registering hashes the body (a few microseconds), no round trip; the Script object
+        # handles NOSCRIPT (a restarted or failed-over server) by loading the body once.
+        return r.register_script(self.source)(keys=keys, args=args)

@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from core.redis import KEYS
+from core.redis import KEYS, LuaScript
 
 SESSION_TTL_SECONDS = 7 * 24 * 3600
 HISTORY_LIMIT = 1000
@@ -38,7 +38,8 @@ DEFAULT_SESSIONS_MAX = 1000  # AGENT_SESSIONS_MAX's default, for callers outside
 
 # KEYS: session hash, global index, owner index. ARGV: id, owner, created_at, now, cutoff,
 # ttl, max. The same writes as _touch, after the count, all or nothing.
-_CREATE_CAPPED = """
+_CREATE_CAPPED = LuaScript(
+    """
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[5])
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then return 0 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3],
@@ -49,6 +50,7 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 return 1
 """
+)
 
 
 class SessionNotFound(LookupError):
@@ -86,7 +88,7 @@ def create_session(r: redis.Redis, *, owner: str, max_sessions: int = DEFAULT_SE
     now = time.time()
     keys = (KEYS.agent_session(session_id), KEYS.agent_sessions_index(), KEYS.agent_sessions_by_owner(owner))
     args = (session_id, owner, _now_iso(), now, now - SESSION_TTL_SECONDS, SESSION_TTL_SECONDS, max_sessions)
-    if not int(r.eval(_CREATE_CAPPED, len(keys), *keys, *args)):
+    if not int(_CREATE_CAPPED(r, list(keys), list(args))):
         raise SessionLimitReached(max_sessions)
     return session_id
 

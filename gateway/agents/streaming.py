@@ -59,7 +59,7 @@ from auth.identity import Identity
 from auth.keys import get_key, key_status
 from auth.sessions import session_key
 from core.errors import APIError
-from core.redis import KEYS, REDIS_UNAVAILABLE
+from core.redis import KEYS, REDIS_UNAVAILABLE, LuaScript
 from gateway.agents.backends import AgentBackend, AgentBackendError, Message
 from gateway.agents.sse import (
     ABORTED,
@@ -247,7 +247,8 @@ def default_stop_checks(*, r: redis.Redis, identity: Identity, settings: StreamS
 # Expired members (a worker that died without releasing) are dropped before counting, so a
 # crash leaks a slot for SLOT_TTL_SECONDS at most. TIME keeps every worker and instance on
 # Redis's clock.
-_ACQUIRE_SLOT = """
+_ACQUIRE_SLOT = LuaScript(
+    """
 local now = tonumber(redis.call('TIME')[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
@@ -255,12 +256,15 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
-_RENEW_SLOT = """
+)
+_RENEW_SLOT = LuaScript(
+    """
 local now = tonumber(redis.call('TIME')[1])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
+)
 
 
 class StreamSlot:
@@ -278,7 +282,7 @@ class StreamSlot:
         slot = cls(r, owner, connection_id)
         if settings.max_per_identity <= 0:
             return slot  # 0 switches the cap off
-        taken = r.eval(_ACQUIRE_SLOT, 1, slot.key, settings.max_per_identity, SLOT_TTL_SECONDS, connection_id)
+        taken = _ACQUIRE_SLOT(r, [slot.key], [settings.max_per_identity, SLOT_TTL_SECONDS, connection_id])
         if not taken:
             raise APIError(
                 429,
@@ -294,7 +298,7 @@ class StreamSlot:
     def renew(self) -> None:
         """Push the slot's expiry forward (the stream's own heartbeat)."""
         if self.counted:
-            self.r.eval(_RENEW_SLOT, 1, self.key, SLOT_TTL_SECONDS, self.member)
+            _RENEW_SLOT(self.r, [self.key], [SLOT_TTL_SECONDS, self.member])
 
     def release(self) -> None:
         self.counted = False
@@ -304,15 +308,19 @@ class StreamSlot:
 # ---- one reply per user message ------------------------------------------------------
 
 # Compare-and-set scripts: only the stream named in the claim may renew, keep or drop it.
-_RENEW_CLAIM = """
+_RENEW_CLAIM = LuaScript(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
-_RELEASE_CLAIM = """
+)
+_RELEASE_CLAIM = LuaScript(
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
+)
 
 
 class ReplyClaim:
@@ -341,14 +349,14 @@ class ReplyClaim:
         return str(value) if value else None
 
     def renew(self, stream_id: str) -> bool:
-        return bool(self.r.eval(_RENEW_CLAIM, 1, self.key, stream_id, SLOT_TTL_SECONDS))
+        return bool(_RENEW_CLAIM(self.r, [self.key], [stream_id, SLOT_TTL_SECONDS]))
 
     def keep(self, stream_id: str, seconds: int) -> bool:
         """Keep the claim with the stored reply; False when ``stream_id`` lost it (never store then)."""
-        return bool(self.r.eval(_RENEW_CLAIM, 1, self.key, stream_id, max(seconds, SLOT_TTL_SECONDS)))
+        return bool(_RENEW_CLAIM(self.r, [self.key], [stream_id, max(seconds, SLOT_TTL_SECONDS)]))
 
     def release(self, stream_id: str) -> None:
-        self.r.eval(_RELEASE_CLAIM, 1, self.key, stream_id)
+        _RELEASE_CLAIM(self.r, [self.key], [stream_id])
 
 
 def latest_turn(history: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:

@@ -29,7 +29,7 @@ import redis
 
 from core.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from core.idempotency import IdempotencyConflict, digest, scoped_digest
-from core.redis import KEYS
+from core.redis import KEYS, LuaScript
 
 DAY_SECONDS = 24 * 3600
 # The defaults of EVENTS_MAX_BYTES and EVENTS_RETENTION_DAYS, for callers outside a request.
@@ -40,7 +40,8 @@ DEFAULT_RETENTION_DAYS = 30
 # both append, and the global stream and the owner's index get the same id, in order,
 # because Redis runs a script without interleaving others. Redis's own clock (TIME) sets
 # the age cut, the clock that also mints the stream ids.
-_APPEND = """
+_APPEND = LuaScript(
+    """
 if KEYS[3] then
   local previous = redis.call('GET', KEYS[3])
   if previous then return {0, previous} end
@@ -64,10 +65,12 @@ if KEYS[3] then
 end
 return {1, id}
 """
+)
 
 # One owner's page: its index is first cut to what the global stream still holds, so
 # every id left resolves to an event and a page is never short while more events exist.
-_OWNER_PAGE = """
+_OWNER_PAGE = LuaScript(
+    """
 local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 if oldest then redis.call('XTRIM', KEYS[2], 'MINID', oldest[1]) else redis.call('DEL', KEYS[2]) end
 local events = {}
@@ -77,6 +80,7 @@ for _, entry in ipairs(redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV
 end
 return events
 """
+)
 
 
 MAX_ID_PART = 2**64 - 1  # each half of a stream id is an unsigned 64-bit integer
@@ -147,7 +151,7 @@ def append_event(
     flat = [item for pair in fields.items() for item in pair]
     retention = retention_days * DAY_SECONDS
     args = (max_length, retention * 1000, retention, request_digest, timestamp, IDEMPOTENCY_TTL_SECONDS)
-    created, value = r.eval(_APPEND, len(keys), *keys, *args, *flat)
+    created, value = _APPEND(r, keys, [*args, *flat])
     if created:
         return Accepted(_text(value), timestamp, replayed=False)
     first = json.loads(_text(value))
@@ -193,7 +197,7 @@ def list_events(r: redis.Redis, *, after: str | None, limit: int, owner: str | N
         entries = r.xrange(KEYS.events_stream(), min=start, max="+", count=limit)
     else:
         keys = (KEYS.events_stream(), KEYS.events_by_owner(owner))
-        entries = [(entry[0], _pairs(entry[1])) for entry in r.eval(_OWNER_PAGE, 2, *keys, start, limit)]
+        entries = [(entry[0], _pairs(entry[1])) for entry in _OWNER_PAGE(r, list(keys), [start, limit])]
     return [_event(_text(entry_id), {_text(k): _text(v) for k, v in f.items()}) for entry_id, f in entries]
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import redis
 
-from core.redis import key
+from core.redis import LuaScript, key
 
 MARK_TTL_SECONDS = 7 * 24 * 3600  # as long as RQ keeps an ended job
 RQ_PREFIX = "rq:"
 
-_CANCEL = """
+_CANCEL = LuaScript(
+    """
 local id = ARGV[1]
 local origin = redis.call('HGET', KEYS[1], 'origin')
 if not origin then return 'gone' end
@@ -41,12 +42,15 @@ redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'canceled')
 return 'canceled'
 """
+)
 
-_CLAIM = """
+_CLAIM = LuaScript(
+    """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return 1
 """
+)
 
 
 def _keys(job_id: str) -> tuple[str, str, str]:
@@ -55,14 +59,14 @@ def _keys(job_id: str) -> tuple[str, str, str]:
 
 def cancel(conn: redis.Redis, job_id: str) -> str:
     """``canceled`` (it will never run), ``started``, ``gone``, or ``ended:<RQ status>``."""
-    outcome = conn.eval(_CANCEL, 3, *_keys(job_id), job_id, RQ_PREFIX, MARK_TTL_SECONDS)
+    outcome = _CANCEL(conn, list(_keys(job_id)), [job_id, RQ_PREFIX, MARK_TTL_SECONDS])
     return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
 
 
 def claim_start(conn: redis.Redis, job_id: str, *, ttl: int) -> bool:
     """True when the worker may run the job; False when it was canceled first."""
     _, claimed, canceled = _keys(job_id)
-    return bool(int(conn.eval(_CLAIM, 2, claimed, canceled, ttl)))
+    return bool(int(_CLAIM(conn, [claimed, canceled], [ttl])))
 
 
 def release_start(conn: redis.Redis, job_id: str) -> None:

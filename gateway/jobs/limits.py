@@ -15,7 +15,7 @@ import time
 
 import redis
 
-from core.redis import KEYS
+from core.redis import KEYS, LuaScript
 
 # A place is taken just before RQ writes the job: until then the job has no record. A
 # place whose job never appeared (the request died in between) is let go after this.
@@ -27,7 +27,8 @@ RQ_JOB_PREFIX = "rq:job:"  # rq.job.Job.redis_job_namespace_prefix, without impo
 
 # RQ runs on a standalone or Sentinel Redis only (never Cluster), so the script may read
 # RQ's job hashes by name instead of declaring each key.
-_TAKE_PLACE = """
+_TAKE_PLACE = LuaScript(
+    """
 local ended = {finished = true, failed = true, stopped = true, canceled = true}
 local now, grace = tonumber(ARGV[3]), tonumber(ARGV[4])
 local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
@@ -44,6 +45,7 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return 1
 """
+)
 
 
 class QueuedJobsLimitReached(Exception):
@@ -58,5 +60,5 @@ class QueuedJobsLimitReached(Exception):
 def take_place(conn: redis.Redis, *, owner: str, job_id: str, limit: int) -> None:
     """Count ``job_id`` among ``owner``'s unfinished jobs, or raise QueuedJobsLimitReached."""
     args = (job_id, limit, time.time(), RESERVATION_GRACE_SECONDS, RQ_JOB_PREFIX, SET_TTL_SECONDS)
-    if not int(conn.eval(_TAKE_PLACE, 1, KEYS.jobs_unfinished(owner), *args)):
+    if not int(_TAKE_PLACE(conn, [KEYS.jobs_unfinished(owner)], list(args))):
         raise QueuedJobsLimitReached(limit)
