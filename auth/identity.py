@@ -20,6 +20,7 @@ from auth.scopes import grants
 IdentityType = Literal["api_key", "user"]
 # flask.g attribute holding this request's identity (None: resolved, and there is none).
 IDENTITY_ATTR = "auth_identity"
+_UNRESOLVED: Any = object()
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,11 @@ def current_identity() -> Identity | None:
     """The authenticated identity of this request, or None."""
     if not has_request_context():
         return None
-    if IDENTITY_ATTR not in g:
-        setattr(g, IDENTITY_ATTR, _resolve())
-    return g.get(IDENTITY_ATTR)  # type: ignore[no-any-return]
+    identity = g.get(IDENTITY_ATTR, _UNRESOLVED)
+    if identity is _UNRESOLVED:
+        identity = _resolve()
+        setattr(g, IDENTITY_ATTR, identity)
+    return identity  # type: ignore[no-any-return]
 
 
 def loaded_identity() -> Identity | None:
