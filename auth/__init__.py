@@ -11,9 +11,11 @@ __all__ = ["Identity", "authenticated", "current_identity", "init_app", "public"
 
 
 def init_app(app: Flask) -> None:
-    """Bind Flask-Login, server-side sessions, the origin check, the deny-by-default guard and the CLI."""
-    from auth import cli, loaders, origin
+    """Bind the error mapping, Flask-Login, server-side sessions, the origin check, the
+    deny-by-default guard and the CLI."""
+    from auth import cli, errors, loaders, origin
 
+    errors.init_app(app)
     loaders.init_app(app)
     # The origin check runs first: a cross-site change is refused before anything else looks at it.
     app.before_request(origin.check_origin)

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 from flask import current_app, request
 
+from auth.credentials import presented_key
+from auth.errors import Forbidden, Unauthenticated
 from auth.identity import current_identity
-from auth.loaders import presented_key
 from auth.scopes import ADMIN
-from core.errors import INVALID_TOKEN_CHALLENGE, APIError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ACCESS_ATTR = "_gateway_access"
@@ -57,34 +57,17 @@ def access_for(endpoint: str | None) -> Access:
     return getattr(view, ACCESS_ATTR, _DENY_BY_DEFAULT)
 
 
-def unauthenticated(key_presented: bool) -> APIError:
-    """The 401 for a caller without an identity; it says whether a key was seen at all."""
-    if key_presented:
-        return APIError(
-            401,
-            "Unauthorized",
-            "The API key presented is not valid: it is unknown, revoked, expired or malformed.",
-            headers={"WWW-Authenticate": INVALID_TOKEN_CHALLENGE},
-        )
-    return APIError(
-        401,
-        "Unauthorized",
-        "Authentication is required: send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
-    )
-
-
 def enforce_access() -> None:
     """before_request guard: 401 without an identity, 403 without the scope."""
-    req = request._get_current_object()  # type: ignore[attr-defined]
-    if req.routing_exception is not None or req.endpoint is None:
+    if request.routing_exception is not None or request.endpoint is None:
         return  # 404/405 are answered by routing
-    if req.method == "OPTIONS":
+    if request.method == "OPTIONS":
         return  # CORS preflight and automatic OPTIONS carry no credentials
-    access = access_for(req.endpoint)
+    access = access_for(request.endpoint)
     if access.public:
         return
     identity = current_identity()
     if identity is None:
-        raise unauthenticated(presented_key(req) is not None)
+        raise Unauthenticated(key_presented=presented_key(request) is not None)
     if access.scope and not identity.has_scope(access.scope):
-        raise APIError(403, "Forbidden", f"This request needs the '{access.scope}' scope.")
+        raise Forbidden(f"This request needs the '{access.scope}' scope.")

@@ -118,7 +118,8 @@ def list_keys(as_json: bool) -> None:
 @click.argument("key_id")
 def revoke_key(key_id: str) -> None:
     """Revoke a key (every worker refuses it within one second)."""
-    record = management.revoke_key(_redis(), actor=_actor(), key_id=key_id)
+    # This process serves no requests, so it has no cached look-up to forget.
+    record = management.revoke_key(_redis(), actor=_actor(), key_id=key_id, cache=None)
     if record is None:
         raise click.ClickException(f"no key with id {key_id}")
     click.echo(f"Revoked key {key_id} ({record['name']}) at {record['revoked_at']}")
@@ -132,7 +133,7 @@ def rotate_key(key_id: str, grace_seconds: int, as_json: bool) -> None:
     """Give a key a new secret; the old one stays valid for --grace-seconds (default 0)."""
     try:
         rotated = management.rotate_key(
-            _redis(), pepper=pepper(), actor=_actor(), key_id=key_id, grace_seconds=grace_seconds
+            _redis(), pepper=pepper(), actor=_actor(), key_id=key_id, cache=None, grace_seconds=grace_seconds
         )
     except KeyStateError as exc:
         raise click.ClickException(str(exc)) from None

@@ -1,17 +1,26 @@
-"""Who is calling: an API key or an admin user, as one Flask-Login user object."""
+"""Who is calling: an API key or an admin user, as one Flask-Login user object.
+
+The identity of a request is resolved once, on first ask (the limiter, the access
+guard, the view and the access log all ask), and kept on ``flask.g`` for the rest
+of the request. Flask-Login is used through its public API only: the loaders that
+auth.loaders registers, ``current_user``, and its login and logout signals.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from flask import Request, current_app, g, has_request_context, request
-from flask_login import LoginManager, UserMixin
+from flask import Flask, g, has_request_context, request
+from flask_login import LoginManager, UserMixin, current_user, user_logged_in, user_logged_out
 
+from auth.credentials import presented_key
 from auth.scopes import grants
 
 IdentityType = Literal["api_key", "user"]
+# flask.g attribute holding this request's identity (None: resolved, and there is none).
+IDENTITY_ATTR = "auth_identity"
+_UNRESOLVED: Any = object()
 
 
 @dataclass(frozen=True)
@@ -41,48 +50,56 @@ class Identity(UserMixin):
         return {"type": self.type, "id": self.id, "name": self.name, "scopes": sorted(self.scopes)}
 
 
-class IdentityLoginManager(LoginManager):  # type: ignore[misc]
-    """Flask-Login's manager with one rule added: a request that presents its own
-    credentials (an API key) is decided by the request loader alone.
-
-    Such a request has no session (auth.sessions detaches it) and the gateway
-    issues no remember cookie, so Flask-Login's general path (session protection
-    digest, session and cookie reads) could only ever end at the request loader;
-    going there directly saves most of the per-request cost of loading the
-    identity on the API's hot path. Requests without a key take the general path.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._presents_credentials: Callable[[Request], bool] | None = None
-
-    def credentials_presenter(self, callback: Callable[[Request], bool]) -> Callable[[Request], bool]:
-        """Register the test telling whether a request carries its own credentials."""
-        self._presents_credentials = callback
-        return callback
-
-    def _load_user(self) -> None:
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        if self._presents_credentials is not None and self._presents_credentials(req):
-            return self._update_request_context_with_user(  # type: ignore[no-any-return]
-                self._load_user_from_request(req)
-            )
-        return super()._load_user()  # type: ignore[no-any-return]
+login_manager = LoginManager()  # bound by init_app; auth.loaders registers its loaders
 
 
 def current_identity() -> Identity | None:
     """The authenticated identity of this request, or None."""
     if not has_request_context():
         return None
-    # Flask-Login keeps the loaded user in ``g._login_user``: read it there once it is
-    # loaded (several layers ask on every request), else let Flask-Login load it.
-    ctx = g._get_current_object()  # type: ignore[attr-defined]
-    user = getattr(ctx, "_login_user", None)
-    if user is None:
-        # What current_user does on first use, without its proxy and helper layers.
-        current_app.login_manager._load_user()  # type: ignore[attr-defined]
-        user = getattr(ctx, "_login_user", None)
-    return user if getattr(user, "is_authenticated", False) else None
+    identity = g.get(IDENTITY_ATTR, _UNRESOLVED)
+    if identity is _UNRESOLVED:
+        identity = _resolve()
+        setattr(g, IDENTITY_ATTR, identity)
+    return identity  # type: ignore[no-any-return]
 
 
-login_manager = IdentityLoginManager()  # bound to the app by auth.loaders.init_app
+def loaded_identity() -> Identity | None:
+    """The identity if this request has resolved it already, else None; never loads one.
+
+    For error pages and access lines, which must not go to Redis (it may be the error).
+    """
+    return g.get(IDENTITY_ATTR) if has_request_context() else None
+
+
+def _resolve() -> Identity | None:
+    if presented_key(request) is not None:
+        # A key decides alone, through the request loader: Flask-Login's general path
+        # would let a session or a remember-me cookie go first.
+        loader = login_manager.request_callback
+        user = loader(request) if loader is not None else None
+    else:
+        # The real object, not the proxy: it is kept for the rest of the request.
+        user = current_user._get_current_object()
+    return user if isinstance(user, Identity) and user.is_authenticated else None
+
+
+def _logged_in(sender: Flask, user: Any, **extra: Any) -> None:
+    # login_user() changes who this request is: the next ask must see the new identity.
+    setattr(g, IDENTITY_ATTR, user if isinstance(user, Identity) else None)
+
+
+def _logged_out(sender: Flask, user: Any = None, **extra: Any) -> None:
+    setattr(g, IDENTITY_ATTR, None)
+
+
+def init_app(app: Flask) -> None:
+    """Bind Flask-Login to ``app``; the loaders come from auth.loaders."""
+    # Session ids are random, regenerated at login and revocable server-side;
+    # binding them to IP and user agent would log out mobile users for nothing.
+    login_manager.session_protection = None
+    # No template reads current_user, and its context processor would load the identity
+    # (a Redis read) for every page rendered, error pages included.
+    login_manager.init_app(app, add_context_processor=False)
+    user_logged_in.connect(_logged_in)
+    user_logged_out.connect(_logged_out)

@@ -17,7 +17,6 @@ left behind by anything can never bring an older secret back.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -109,23 +108,17 @@ def digest(secret: str, pepper: bytes) -> str:
 
 
 def digester(pepper: bytes) -> Callable[[str], str]:
-    """``digest`` with the pepper's part of HMAC (RFC 2104) done once per app.
+    """``digest`` with the pepper keyed into HMAC once per app, not once per request.
 
-    HMAC-SHA256 is H((K ^ opad) || H((K ^ ipad) || m)): the two keyed SHA-256
-    states are computed here, and each call copies them, all in C. Same value as
-    ``hmac.new(pepper, secret, sha256)`` (tested), for about half the cost of that object.
+    ``hmac.new`` derives the two keyed SHA-256 states from the pepper; ``copy()`` of
+    the keyed object clones them (in C) instead of deriving them again for every
+    presented key. The same value as ``hmac.new(pepper, secret, "sha256")``.
     """
-    block = hashlib.sha256().block_size
-    secret_key = hashlib.sha256(pepper).digest() if len(pepper) > block else pepper
-    secret_key = secret_key.ljust(block, b"\0")
-    inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in secret_key))
-    outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in secret_key))
+    keyed = hmac.new(pepper, digestmod="sha256")
 
     def digest_with_pepper(secret: str) -> str:
-        inner_mac = inner.copy()
-        inner_mac.update(secret.encode())
-        mac = outer.copy()
-        mac.update(inner_mac.digest())
+        mac = keyed.copy()
+        mac.update(secret.encode())
         return mac.hexdigest()
 
     return digest_with_pepper

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Request, Response, current_app, g, session
+from flask import Flask, Request, current_app, request, session
 
 from auth import keys, users
 from auth.cache import KeyCache
+from auth.credentials import presented_key
+from auth.errors import Unauthenticated
 from auth.identity import Identity, login_manager
+from auth.identity import init_app as bind_flask_login
 from auth.scopes import ADMIN
-from core.errors import error_response
+from auth.sessions import RedisSessionInterface, settle_unread_session
 from core.extensions import get_redis
 
 CACHE_EXTENSION = "auth.key_cache"
-
-
-def presented_key(req: Request) -> str | None:
-    """The key from ``Authorization: Bearer`` or ``X-API-Key``; never the query string or body."""
-    # Read from the WSGI environ (what req.headers reads too, through more layers): the
-    # session interface, Flask-Login and the origin check all ask on every request.
-    environ = req.environ
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip() or None
-    return environ.get("HTTP_X_API_KEY", "").strip() or None
 
 
 def identity_from_record(record: dict[str, Any]) -> Identity:
@@ -57,7 +49,7 @@ def pepper(app: Flask | None = None) -> bytes:
 
 def key_cache(app: Flask | None = None) -> KeyCache:
     """This worker's cache of key look-ups (see auth.cache for the TTL choice)."""
-    return (app or current_app).extensions[CACHE_EXTENSION]
+    return (app or current_app).extensions[CACHE_EXTENSION]  # type: ignore[no-any-return]
 
 
 def resolve_key(secret: str) -> Identity | None:
@@ -80,17 +72,10 @@ def resolve_key(secret: str) -> Identity | None:
     return identity
 
 
-def presents_key(req: Request) -> bool:
-    """True when the request carries an API key (its identity is then the key's or none)."""
-    return presented_key(req) is not None
-
-
 def load_from_request(req: Request) -> Identity | None:
+    """Flask-Login's request_loader: the presented key's identity, or None."""
     secret = presented_key(req)
-    if secret is None:
-        return None
-    g.api_key_presented = True  # the limiter counts failed attempts against the client IP
-    return resolve_key(secret)
+    return resolve_key(secret) if secret is not None else None
 
 
 def load_user(user_id: str) -> Identity | None:
@@ -105,25 +90,19 @@ def load_user(user_id: str) -> Identity | None:
     return identity_from_user(record, getattr(session, "sid", None))
 
 
-def unauthorized() -> Response:
+def unauthorized() -> None:
     """Flask-Login's unauthorized handler: the contract's JSON 401, never a redirect to a login page."""
-    return error_response(401)
+    raise Unauthenticated(key_presented=presented_key(request) is not None)
 
 
 def init_app(app: Flask) -> None:
-    from auth.sessions import RedisSessionInterface
-
+    """Server-side sessions, the key cache and Flask-Login with the gateway's loaders."""
     app.session_interface = RedisSessionInterface()
+    bind_flask_login(app)
+    # Registered after Flask-Login's own after_request hook, so it runs before it
+    # (Flask runs them in reverse order): see settle_unread_session for why.
+    app.after_request(settle_unread_session)
     app.extensions[CACHE_EXTENSION] = KeyCache(digest=keys.digester(pepper(app)))
-    # Session ids are random, regenerated at login and revocable server-side;
-    # binding them to IP and user agent would log out mobile users for nothing.
-    login_manager.session_protection = None
-    login_manager.init_app(app)
-    # The gateway offers no remember-me cookie, and Flask-Login's after_request hook for it
-    # reads the session on every request that carries a cookie: a Redis round trip even for
-    # /healthz and public pages. Without the hook, a session is read only when asked for.
-    app.after_request_funcs[None].remove(login_manager._update_remember_cookie)
     login_manager.request_loader(load_from_request)
-    login_manager.credentials_presenter(presents_key)
     login_manager.user_loader(load_user)
     login_manager.unauthorized_handler(unauthorized)

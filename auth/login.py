@@ -8,9 +8,9 @@ from flask_login import login_user, logout_user
 
 from auth import audit, users
 from auth.audit import Actor
+from auth.errors import Unauthenticated
 from auth.identity import Identity, current_identity
 from auth.loaders import identity_from_user
-from core.errors import APIError
 from core.extensions import get_redis
 
 
@@ -18,7 +18,7 @@ def request_actor() -> Actor:
     """The caller of this request, as the audit log records it."""
     identity = current_identity()
     if identity is None:  # the access guard answers first; kept for safety under -O
-        raise APIError(401, "Unauthorized")
+        raise Unauthenticated()
     return Actor(owner=identity.owner, name=identity.name, ip=request.remote_addr)
 
 

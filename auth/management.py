@@ -3,6 +3,11 @@
 Both front ends call these functions, so a key made with ``flask keys create``
 and one made with ``POST /admin/keys`` pass the same checks and leave the same
 audit entry. Validation errors are ValueError with a sentence for a person.
+
+Revoking or rotating a key also makes the workers forget it: the one that made
+the change drops its cached look-ups at once (``cache``), every other worker of
+every instance within auth.cache.TTL_SECONDS, inside the one-second promise of
+CONTRACT section 6.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from limits import parse_many
 
 from auth import audit, keys, sessions, users
 from auth.audit import Actor
+from auth.cache import KeyCache
 from auth.scopes import validate_scopes
 from core.echo import clip
 
@@ -82,24 +88,42 @@ def create_key(
     return record, secret
 
 
-def revoke_key(r: redis.Redis, *, actor: Actor, key_id: str) -> dict[str, Any] | None:
-    """Revoke and audit; None for an unknown key."""
+def revoke_key(r: redis.Redis, *, actor: Actor, key_id: str, cache: KeyCache | None) -> dict[str, Any] | None:
+    """Revoke, audit and forget the key; None for an unknown key.
+
+    ``cache`` is the calling worker's key cache; None where no requests are served (the CLI).
+    """
     record = keys.revoke_key(r, key_id)
     if record is not None:
         audit.record(r, actor, "key.revoke", key_id=key_id, details={"name": record["name"]})
+        _forget(cache, key_id)
     return record
 
 
 def rotate_key(
-    r: redis.Redis, *, pepper: bytes, actor: Actor, key_id: str, grace_seconds: int = 0
+    r: redis.Redis,
+    *,
+    pepper: bytes,
+    actor: Actor,
+    key_id: str,
+    cache: KeyCache | None,
+    grace_seconds: int = 0,
 ) -> tuple[dict[str, Any], str] | None:
-    """Rotate and audit; None for an unknown key, KeyStateError for a revoked or expired one."""
+    """Rotate, audit and forget the old look-ups; None for an unknown key, KeyStateError for
+    a revoked or expired one. ``cache`` as for :func:`revoke_key`."""
     grace = validate_grace_seconds(grace_seconds)
     rotated = keys.rotate_key(r, key_id, pepper=pepper, grace_seconds=grace)
     if rotated is not None:
         details = {"name": rotated[0]["name"], "grace_seconds": grace}
         audit.record(r, actor, "key.rotate", key_id=key_id, details=details)
+        _forget(cache, key_id)
     return rotated
+
+
+def _forget(cache: KeyCache | None, key_id: str) -> None:
+    # This worker at once; the others when their entries reach the cache TTL.
+    if cache is not None:
+        cache.discard(key_id)
 
 
 def create_user(r: redis.Redis, *, actor: Actor, email: str, password: str) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 from flask import current_app, request
 
-from auth.loaders import presented_key
+from auth.credentials import presented_key
+from auth.errors import CrossSiteRefused
 from config.allowlists import origin_allowed
-from core.errors import APIError
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Login forms are checked even without a cookie (the console has its own login form).
@@ -59,9 +59,9 @@ def check_origin() -> None:
     source = request_source()
     if source is None:
         if has_cookie:
-            raise APIError(403, "Forbidden", "Cookie-authenticated changes must carry an Origin header.")
+            raise CrossSiteRefused("Cookie-authenticated changes must carry an Origin header.")
         return
     if not has_cookie and request.endpoint not in LOGIN_ENDPOINTS:
         return
     if not source_allowed(source):
-        raise APIError(403, "Forbidden", "Cross-site request refused: the Origin is not allowed.")
+        raise CrossSiteRefused("Cross-site request refused: the Origin is not allowed.")

@@ -35,10 +35,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, session
 from flask.sessions import SessionInterface, SessionMixin
 
-from auth.loaders import presented_key
+from auth.credentials import presented_key
 from core.extensions import RedisStore
 from core.redis import key as redis_key
 
@@ -163,11 +163,29 @@ class ServerSession(SessionMixin):
         self.sid, self.created, self._data = None, None, {}
         self.modified = True
 
+    def settle(self) -> None:
+        """The answer is made: a session nothing has read stays unread, and is not saved."""
+        if self._data is None:
+            self._loader, self._data, self.detached = None, {}, True
+
     def destroy(self) -> None:
         """End the session: its record is deleted and the cookie cleared at save."""
         self._load()
         self._data = {}
         self.destroyed = self.modified = True
+
+
+def settle_unread_session(response: Response) -> Response:
+    """after_request, run before Flask-Login's: a session the request never read stays unread.
+
+    Flask-Login's hook (it keeps a remember-me cookie, which the gateway never issues)
+    asks the session for a key on every request. For a lazily loaded session that
+    question is a Redis round trip, on /healthz and public pages too, and a failure
+    there when Redis is down. Settled first, the session answers it empty.
+    """
+    if isinstance(session, ServerSession):
+        session.settle()
+    return response
 
 
 class RedisSessionInterface(SessionInterface):

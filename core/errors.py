@@ -48,10 +48,9 @@ class APIError(HTTPException):
         self.extra = dict(extra or {})
 
 
-# RFC 6750 section 3: the challenge of every 401; a presented key that is not valid adds the
-# error code, one for unknown, revoked, expired and malformed keys alike (nothing to tell apart).
+# RFC 6750 section 3: the challenge of every 401 (CONTRACT section 3). auth.errors adds the
+# error code for a presented key that is not valid.
 BEARER_CHALLENGE = 'Bearer realm="gateway"'
-INVALID_TOKEN_CHALLENGE = f'{BEARER_CHALLENGE}, error="invalid_token"'
 
 # app.extensions entry: a callable (status, reason, message, headers) -> Response | None that
 # answers an error as an HTML page where people browse (the admin console); None keeps JSON.

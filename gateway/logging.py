@@ -25,6 +25,7 @@ from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 
+from auth.identity import loaded_identity
 from core import forks
 from gateway.health import HEALTH_ENDPOINTS
 
@@ -243,7 +244,7 @@ def _log_access(response: Response) -> None:
     req = request._get_current_object()  # type: ignore[attr-defined]
     started = getattr(ctx, "request_started", None)
     duration = round((time.perf_counter() - started) * 1000, 2) if started else None
-    identity = getattr(getattr(ctx, "_login_user", None), "owner", None)
+    identity = getattr(loaded_identity(), "owner", None)
     method, path = clip(req.method, _SHORT_BUDGET), clip(req.path, _PATH_BUDGET)
     remote_addr = clip(req.remote_addr, _SHORT_BUDGET)
     handler = _sole_json_handler()

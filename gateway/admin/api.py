@@ -195,8 +195,9 @@ def show_key(key_id: str) -> Response:
           responses={200: KeyView})  # fmt: skip
 def revoke_key(key_id: str) -> Response:
     """Revoke a key; revoking twice is harmless."""
-    record = _found(management.revoke_key(get_redis(), actor=request_actor(), key_id=key_id))
-    key_cache().discard(key_id)  # this worker at once; the others within the cache TTL
+    record = _found(
+        management.revoke_key(get_redis(), actor=request_actor(), key_id=key_id, cache=key_cache())
+    )
     return jsonify(keys.public_view(record))
 
 
@@ -213,6 +214,7 @@ def rotate_key(key_id: str) -> Response:
             pepper=pepper(),
             actor=request_actor(),
             key_id=key_id,
+            cache=key_cache(),
             grace_seconds=body.grace_seconds,
         )
     except KeyStateError as exc:
@@ -220,7 +222,6 @@ def rotate_key(key_id: str) -> Response:
     if rotated is None:
         raise APIError(404, "Not Found", KEY_NOT_FOUND)
     record, secret = rotated
-    key_cache().discard(key_id)
     return jsonify(keys.secret_view(record, secret))
 
 

@@ -41,6 +41,29 @@ def test_the_precomputed_digester_matches_hmac_sha256(pepper: bytes) -> None:
         assert digest(secret) == hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
 
 
+KNOWN_KEY = "rgw_0123456789ABCDEFGHIJabcdefghij012345"
+KNOWN_PEPPER = b"pepper-for-the-pinned-digest-test"
+# Computed by the hand-rolled HMAC this module had before it used the stdlib's: stored
+# digests must still verify, so the value may never change.
+KNOWN_DIGEST = "32be86a4be6d02dbafa2870f1bf3603933298395f6fab18c2ec5328afff54e50"
+
+
+def test_the_digest_of_a_known_key_is_stable_and_plain_hmac_sha256() -> None:
+    direct = hmac.new(KNOWN_PEPPER, KNOWN_KEY.encode(), "sha256").hexdigest()
+    assert keys.digest(KNOWN_KEY, KNOWN_PEPPER) == direct == KNOWN_DIGEST
+    assert keys.digester(KNOWN_PEPPER)(KNOWN_KEY) == KNOWN_DIGEST
+    # A pepper longer than SHA-256's block is hashed first (RFC 2104), as before.
+    long_pepper = b"p" * 100
+    expected = "5d788148c82749d123fd07f409b492ed1bea8a89786e0d10ad95b3c9b1730fe4"
+    assert keys.digester(long_pepper)(KNOWN_KEY) == expected
+
+
+def test_one_digester_serves_many_keys_without_mixing_them() -> None:
+    digest = keys.digester(KNOWN_PEPPER)
+    first, second = digest("a"), digest("b")
+    assert first != second and digest("a") == first  # each call starts from the keyed state
+
+
 def test_only_a_keyed_digest_is_stored(r: redis.Redis) -> None:
     record, secret = keys.create_key(r, pepper=PEPPER, name="n", scopes=["agents:read"])
     stored = r.hgetall(keys.record_key(record["id"]))

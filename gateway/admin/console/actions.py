@@ -79,17 +79,16 @@ def create_key(new: NewKey) -> tuple[dict[str, Any], str]:
 
 
 def revoke_key(key_id: str) -> None:
-    record = management.revoke_key(get_redis(), actor=login.request_actor(), key_id=key_id)
-    if record is not None:
-        key_cache().discard(key_id)
+    management.revoke_key(get_redis(), actor=login.request_actor(), key_id=key_id, cache=key_cache())
 
 
 def rotate_key(key_id: str) -> tuple[dict[str, Any], str]:
     """(record, new secret); ValueError (KeyStateError) for a revoked or expired key."""
-    rotated = management.rotate_key(get_redis(), pepper=pepper(), actor=login.request_actor(), key_id=key_id)
+    rotated = management.rotate_key(
+        get_redis(), pepper=pepper(), actor=login.request_actor(), key_id=key_id, cache=key_cache()
+    )
     if rotated is None:
         raise ValueError(f"key {key_id} no longer exists")
-    key_cache().discard(key_id)
     return keys.public_view(rotated[0]), rotated[1]
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flask import Flask, Response, current_app, g, render_template, request
+from flask import Flask, Response, current_app, render_template, request
 
-from auth.identity import Identity
+from auth.identity import Identity, loaded_identity
 from core.errors import ERROR_PAGE_EXTENSION
 
 CONSOLE = "console"
@@ -41,10 +41,8 @@ def is_console_page() -> bool:
 def _loaded_admin() -> Identity | None:
     # Only an identity already loaded for this request: an error page never goes to Redis
     # for the session (it may be the reason for the error).
-    user = g.get("_login_user")
-    if getattr(user, "is_authenticated", False) and getattr(user, "type", None) == "user":
-        return user  # type: ignore[no-any-return]
-    return None
+    identity = loaded_identity()
+    return identity if identity is not None and identity.type == "user" else None
 
 
 def render_error_page(status: int, reason: str, message: str, headers: Mapping[str, str]) -> Response | None:

@@ -24,6 +24,7 @@ from flask import (
 )
 
 from auth import current_identity, public, require_scope
+from auth.errors import Unauthenticated
 from auth.scopes import ADMIN, ALL_SCOPES
 from core.errors import APIError, error_response
 from core.schemas import endpoint
@@ -68,6 +69,12 @@ def _console_guard() -> Response | None:
     elif request.method == "POST":
         check_csrf()
     return None
+
+
+@bp.errorhandler(Unauthenticated)
+def _console_login_needed(exc: Unauthenticated) -> Response:
+    """The access guard's 401 becomes the login page."""
+    return redirect(url_for("console.login_form"), code=303)
 
 
 @bp.errorhandler(APIError)

@@ -1,0 +1,77 @@
+"""The identity of a request: resolved once, decided by the key alone when one is presented."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis
+from flask import Flask
+
+import auth.loaders
+from auth import keys, management
+from auth.audit import Actor
+from auth.identity import current_identity, loaded_identity
+from auth.loaders import key_cache, pepper
+
+ACTOR = Actor(owner="cli", name="test")
+
+
+def test_the_identity_is_resolved_once_per_request(
+    app: Flask, make_key: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    resolve = auth.loaders.resolve_key
+
+    def counting(secret: str) -> object:
+        calls.append(secret)
+        return resolve(secret)
+
+    monkeypatch.setattr(auth.loaders, "resolve_key", counting)
+    secret = make_key(scopes=["jobs:read"])
+    # The limiter, the access guard, the view and the access line all ask.
+    assert app.test_client().get("/jobs", headers={"X-API-Key": secret}).status_code == 200
+    assert calls == [secret]
+
+
+def test_a_key_decides_alone_whatever_cookies_come_with_it(app: Flask, make_key: Callable[..., str]) -> None:
+    client = app.test_client()
+    # Flask-Login's general path would try a remember-me cookie before the request loader.
+    client.set_cookie("remember_token", "user:1|forged")
+    client.set_cookie(app.config["SESSION_COOKIE_NAME"], "s" * 43)
+    answer = client.get("/auth/me", headers={"X-API-Key": make_key(name="alone")})
+    assert answer.status_code == 200 and answer.get_json()["name"] == "alone"
+    assert "Set-Cookie" not in answer.headers
+
+
+def test_loaded_identity_never_loads(app: Flask, make_key: Callable[..., str]) -> None:
+    secret = make_key()
+    with app.test_request_context("/auth/me", headers={"X-API-Key": secret}):
+        assert loaded_identity() is None
+        identity = current_identity()
+        assert identity is not None and loaded_identity() is identity
+    assert current_identity() is None and loaded_identity() is None  # no request: nobody
+
+
+@pytest.mark.parametrize("change", ["revoke", "rotate"])
+def test_revoking_or_rotating_forgets_the_key_in_the_given_cache(
+    app: Flask, r: redis.Redis, make_key: Callable[..., str], change: str
+) -> None:
+    secret = make_key()
+    with app.test_request_context("/"):
+        identity = auth.loaders.resolve_key(secret)
+        assert identity is not None
+        cache = key_cache()
+        key_digest = cache.digest(secret)
+        assert cache.get(key_digest) == identity  # warm: would be served for up to the TTL
+        if change == "revoke":
+            management.revoke_key(r, actor=ACTOR, key_id=identity.id, cache=cache)
+        else:
+            management.rotate_key(r, pepper=pepper(), actor=ACTOR, key_id=identity.id, cache=cache)
+        assert cache.get(key_digest) is None
+        assert auth.loaders.resolve_key(secret) is None
+
+
+def test_without_a_cache_the_change_is_still_made(r: redis.Redis) -> None:
+    record, _ = keys.create_key(r, pepper=b"p" * 32, name="n", scopes=[])
+    assert management.revoke_key(r, actor=ACTOR, key_id=record["id"], cache=None)["revoked_at"]
