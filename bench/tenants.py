@@ -15,8 +15,10 @@ the report), so no request is ever refused and every figure is of served request
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
+import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -44,7 +46,9 @@ def create_keys(
     from core.redis import redis_from_config
     from gateway import create_app
 
-    app = create_app(dict(env))
+    # The app logs its start-up to stdout; keep stdout for the report (``--json``).
+    with contextlib.redirect_stdout(sys.stderr):
+        app = create_app(dict(env))
     r = redis_from_config(app.config)
     with app.app_context():
         peppered = pepper(app)
