@@ -97,9 +97,9 @@ def wrk(target: Target, seconds: int, connections: int) -> LoadResult:
         raise RuntimeError(f"{target.method} {target.url}: {exc}") from None
 
 
-def p99(latencies_ms: list[float]) -> float:
-    ordered = sorted(latencies_ms)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+def percentile(values_ms: list[float], share: float) -> float:
+    ordered = sorted(values_ms)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else 0.0
 
 
 def python_load(target: Target, seconds: int, connections: int) -> LoadResult:
@@ -132,4 +132,4 @@ def python_load(target: Target, seconds: int, connections: int) -> LoadResult:
     if errors:
         raise RuntimeError(f"non-2xx answers from {target.method} {target.url}: {errors[:3]}")
     served = [ms for per_thread in latencies for ms in per_thread]
-    return LoadResult(len(served) / seconds, p99(served), len(served))
+    return LoadResult(len(served) / seconds, percentile(served, 0.99), len(served))

@@ -94,6 +94,19 @@ class Bench:
     redis_url: str
     redis_pid: int
     load: loads.Load
+    gateway_log: Path | None = None
+    log_offset: int = 0
+
+    def access_durations(self) -> list[float]:
+        """``duration_ms`` of the gateway's access lines written since the last call."""
+        if self.gateway_log is None or not self.gateway_log.exists():
+            return []
+        with self.gateway_log.open("rb") as log:
+            log.seek(self.log_offset)
+            chunk = log.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.log_offset += len(complete)
+        return [d for d in map(_duration, complete.splitlines()) if d is not None]
 
     def commands_processed(self) -> int:
         client = redis.Redis.from_url(self.redis_url)
@@ -106,10 +119,16 @@ class Bench:
         """One load of ``target``: requests/s, p99, server CPU and Redis commands per request."""
         pids = [*_server_pids(server), self.redis_pid]
         cpu_before, commands_before = _cpu_seconds(pids), self.commands_processed()
+        self.access_durations()  # skip what earlier loads wrote
         result = self.load(target, self.args.duration, self.args.connections)
         cpu, commands = _cpu_seconds(pids) - cpu_before, self.commands_processed() - commands_before
         served = max(result.requests, 1)
+        in_app = self.access_durations() if server is self.gateway else []
         return {
+            # The gateway's own view (access lines' duration_ms: hooks and view, not the socket
+            # or the wait for the worker's turn): a tail here is made inside the app.
+            **({f"{name}_in_app_p50_ms": loads.percentile(in_app, 0.5)} if in_app else {}),
+            **({f"{name}_in_app_p99_ms": loads.percentile(in_app, 0.99)} if in_app else {}),
             f"{name}_rps": result.rps,
             f"{name}_p99_ms": result.p99_ms,
             # Server-side CPU (gunicorn + Redis) per request, in microseconds.
@@ -117,6 +136,16 @@ class Bench:
             # Less the INFO call itself.
             f"{name}_redis_commands": (commands - 1) / served,
         }
+
+
+def _duration(line: bytes) -> float | None:
+    if b'"duration_ms"' not in line:
+        return None
+    try:
+        value = json.loads(line).get("duration_ms")
+    except ValueError:
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _targets(bench: Bench, key: str) -> dict[str, tuple[GunicornServer, loads.Target]]:
@@ -173,6 +202,7 @@ def _report(args: argparse.Namespace, tool: str, rows: list[dict[str, float]]) -
         "connections": args.connections,
         "duration_s": args.duration,
         "rounds": args.rounds,
+        "env": dict(args.env),
         "bare_rps": [round(row["bare_rps"]) for row in rows],
         "secured_rps": [round(row["secured_rps"]) for row in rows],
         "events_rps": [round(row["events_rps"]) for row in rows],
@@ -182,6 +212,7 @@ def _report(args: argparse.Namespace, tool: str, rows: list[dict[str, float]]) -
         "bare_p99_ms": _median(rows, "bare_p99_ms"),
         "secured_p99_ms": _median(rows, "secured_p99_ms"),
         "events_p99_ms": _median(rows, "events_p99_ms"),
+        **_in_app(rows),
         "bare_cpu_us_per_request": round(_median(rows, "bare_cpu_us")),
         "secured_cpu_us_per_request": round(_median(rows, "secured_cpu_us")),
         "events_cpu_us_per_request": round(_median(rows, "events_cpu_us")),
@@ -202,11 +233,23 @@ def _report(args: argparse.Namespace, tool: str, rows: list[dict[str, float]]) -
     }
 
 
+def _in_app(rows: list[dict[str, float]]) -> dict[str, float]:
+    fields = [f"{r}_in_app_{q}_ms" for r in ("secured", "events") for q in ("p50", "p99")]
+    return {field: _median(rows, field) for field in fields if all(field in row for row in rows)}
+
+
 def _tenant_counts(text: str) -> list[int]:
     counts = [int(part) for part in text.split(",") if part.strip()]
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError("--tenants takes counts >= 1, e.g. 1,100,1000")
     return counts
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--env takes NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -222,6 +265,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         default=[],
         metavar="N[,N...]",
         help="also measure N distinct keys (600/minute each) cycled round-robin, for each N",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="extra environment for both servers, e.g. RATELIMIT_LEASE_MAX=1 (repeatable)",
+    )
+    parser.add_argument(
+        "--gateway-app", default="wsgi:app", help="the gateway's WSGI entry (e.g. an instrumented wrapper)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser.parse_args(argv)
@@ -239,7 +293,7 @@ def _print(report: Mapping[str, object]) -> None:
         print("tenants " + ", ".join(f"{k}={v}" for k, v in tenants.items() if k != "round_details"))
 
 
-def _environment(redis_url: str, workers: int) -> dict[str, str]:
+def _environment(redis_url: str, workers: int, extra: list[tuple[str, str]]) -> dict[str, str]:
     return {
         "FLASK_ENV": "production",
         "SECRET_KEY": secrets.token_urlsafe(48),
@@ -247,6 +301,7 @@ def _environment(redis_url: str, workers: int) -> dict[str, str]:
         "FORCE_HTTPS": "false",  # plain http on loopback; no proxy in front
         "TRUSTED_PROXY_COUNT": "0",
         "WEB_CONCURRENCY": str(workers),
+        **dict(extra),
     }
 
 
@@ -257,11 +312,15 @@ def _run(args: argparse.Namespace, env: dict[str, str], redis_pid: int, work: Pa
     servers: list[GunicornServer] = []
     try:
         key = tenants.create_keys(env, 1, rate_limit="100000000/minute", quota="1000000000/day")[0]
-        bare = GunicornServer(env, None, work / "bare.log", app="bench.secured:hello_app", ready_path="/")
-        servers.append(bare.start(timeout=30))
-        servers.append(GunicornServer(env, None, work / "gateway.log").start(timeout=30))
+        # Listed before they start, so an interrupted start still stops them.
+        servers.append(
+            GunicornServer(env, None, work / "bare.log", app="bench.secured:hello_app", ready_path="/")
+        )
+        servers.append(GunicornServer(env, None, work / "gateway.log", app=args.gateway_app))
+        for server in servers:
+            server.start(timeout=30)
         load = loads.wrk if use_wrk else loads.python_load
-        bench = Bench(args, servers[0], servers[1], env["REDIS_URL"], redis_pid, load)
+        bench = Bench(args, servers[0], servers[1], env["REDIS_URL"], redis_pid, load, work / "gateway.log")
         report = _report(args, "wrk" if use_wrk else "python", _rounds(bench, key))
         if args.tenants:
             report["tenants"] = [tenants.measure(bench, env, n) for n in args.tenants]
@@ -281,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     redis_server.start()
     try:
         assert redis_server.process is not None
-        env = _environment(redis_server.url, args.workers)
+        env = _environment(redis_server.url, args.workers, args.env)
         report = _run(args, env, redis_server.process.pid, work)
     finally:
         redis_server.stop()

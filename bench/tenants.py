@@ -98,6 +98,11 @@ def measure(bench: Bench, env: Mapping[str, str], count: int) -> dict[str, objec
         "secured_p99_ms": median("secured_p99_ms"),
         "p99_ratio": median("p99_ratio"),
         "redis_commands_per_request": median("secured_redis_commands"),
+        **(
+            {"secured_in_app_p99_ms": median("secured_in_app_p99_ms")}
+            if "secured_in_app_p99_ms" in rows[0]
+            else {}
+        ),
         "secured_cpu_us_per_request": round(median("secured_cpu_us")),
         "round_ratios": [round(row["ratio"], 3) for row in rows],
     }
