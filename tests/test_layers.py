@@ -395,9 +395,13 @@ def test_checker_catches_an_upward_import() -> None:
             "auth.keys": "from ..gateway import extensions\nlookup = 1\n",
             "gateway/": "",
             "gateway.extensions": "from core import errors\n",
+            "config/": "import os\nif os.environ:\n    import gateway\n",
         }
     )
     imports = project_imports(planted)
+    assert [str(i) for i in upward_imports(imports, "config", ("core", "auth", "gateway"))] == [
+        "config/__init__.py:3: config imports gateway"
+    ]
     assert [str(i) for i in upward_imports(imports, "core", ("auth", "gateway"))] == [
         "core/errors.py:2: core.errors imports auth.keys"
     ]
