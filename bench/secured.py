@@ -2,14 +2,22 @@
 
 Starts a private redis-server and two gunicorn servers with the same
 gunicorn.conf.py (same worker class and worker count): the gateway in production
-mode, and a bare Flask app answering "hello". Then it loads them in turns, bare
-and secured alternately for ``--rounds`` rounds, so both see the same machine
-load, and prints requests/s of each and the ratio (target: secured >= 60% of bare).
+mode, and a bare Flask app answering "hello". Then it loads them in turns, bare,
+secured ``GET /auth/me`` and secured ``POST /events`` one after the other for
+``--rounds`` rounds, so all see the same machine load, and prints requests/s and
+the 99th-percentile latency of each, and the ratios to bare (targets: secured
+throughput >= 60% of bare, secured p99 <= 2x bare's), as the median of the
+rounds' ratios.
 
-The secured request is ``GET /auth/me`` with an API key that has both a rate and
-a daily quota (limits far above what the run can spend), so every request is
-authenticated, scope-checked, rate- and quota-checked, and carries the full
-security and rate-limit headers and an access log line.
+The secured requests carry one API key that has both a rate and a daily quota
+(limits far above what the run can spend), so every request is authenticated,
+scope-checked, rate- and quota-checked, and carries the full security and
+rate-limit headers and an access log line. ``POST /events`` sends a small valid
+event (CONTRACT.md) with the same key.
+
+``--tenants 1,100,1000`` adds the many-keys case (bench/tenants.py): for each N,
+N keys with a 600/minute limit, cycled round-robin, measured against bare in
+paired rounds, with the Redis commands per request.
 
 Load generator: ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``). Without it, a
 built-in generator (threads holding keep-alive connections) is used; its own
@@ -20,27 +28,27 @@ comparable. ``--tool python`` forces it.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import re
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from flask import Flask
 
+from bench import load as loads
 from devtools.gunicorn import GunicornServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.60
+TARGET_P99_RATIO = 2.0
+EVENT_BODY = json.dumps({"event_type": "bench.tick", "data": {"n": 1, "source": "bench"}}).encode()
 
 
 def _hello_app() -> Flask:
@@ -76,61 +84,172 @@ def _server_pids(server: GunicornServer) -> list[int]:
     return [server.process.pid, *server.worker_pids()]
 
 
-def _wrk(url: str, headers: Mapping[str, str], seconds: int, connections: int) -> float:
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s"]
-    for name, value in headers.items():
-        cmd += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in out:
-        raise RuntimeError(f"non-2xx answers from {url}:\n{out}")
-    match = re.search(r"(\d+) requests in", out)
-    if not match:
-        raise RuntimeError(f"cannot read wrk output:\n{out}")
-    return int(match.group(1)) / seconds
+@dataclass
+class Bench:
+    """What every measurement needs: the servers, Redis, the load generator and the options."""
+
+    args: argparse.Namespace
+    bare: GunicornServer
+    gateway: GunicornServer
+    redis_url: str
+    redis_pid: int
+    load: loads.Load
+    gateway_log: Path | None = None
+    log_offset: int = 0
+
+    def access_durations(self) -> list[float]:
+        """``duration_ms`` of the gateway's access lines written since the last call."""
+        if self.gateway_log is None or not self.gateway_log.exists():
+            return []
+        with self.gateway_log.open("rb") as log:
+            log.seek(self.log_offset)
+            chunk = log.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.log_offset += len(complete)
+        return [d for d in map(_duration, complete.splitlines()) if d is not None]
+
+    def commands_processed(self) -> int:
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            return int(client.info("stats")["total_commands_processed"])
+        finally:
+            client.close()
+
+    def measure(self, name: str, server: GunicornServer, target: loads.Target) -> dict[str, float]:
+        """One load of ``target``: requests/s, p99, server CPU and Redis commands per request."""
+        pids = [*_server_pids(server), self.redis_pid]
+        cpu_before, commands_before = _cpu_seconds(pids), self.commands_processed()
+        self.access_durations()  # skip what earlier loads wrote
+        result = self.load(target, self.args.duration, self.args.connections)
+        cpu, commands = _cpu_seconds(pids) - cpu_before, self.commands_processed() - commands_before
+        served = max(result.requests, 1)
+        in_app = self.access_durations() if server is self.gateway else []
+        return {
+            # The gateway's own view (access lines' duration_ms: hooks and view, not the socket
+            # or the wait for the worker's turn): a tail here is made inside the app.
+            **({f"{name}_in_app_p50_ms": loads.percentile(in_app, 0.5)} if in_app else {}),
+            **({f"{name}_in_app_p99_ms": loads.percentile(in_app, 0.99)} if in_app else {}),
+            f"{name}_rps": result.rps,
+            f"{name}_p99_ms": result.p99_ms,
+            # Server-side CPU (gunicorn + Redis) per request, in microseconds.
+            f"{name}_cpu_us": cpu / served * 1e6,
+            # Less the INFO call itself.
+            f"{name}_redis_commands": (commands - 1) / served,
+        }
 
 
-def _python_load(url: str, headers: Mapping[str, str], seconds: int, connections: int) -> float:
-    """Fallback generator: ``connections`` threads, each on one keep-alive connection."""
-    host, port_path = url.removeprefix("http://").split(":", 1)
-    port, _, path = port_path.partition("/")
-    counts = [0] * connections
-    errors: list[str] = []
-    stop_at = time.monotonic() + seconds
-
-    def worker(n: int) -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        while time.monotonic() < stop_at:
-            conn.request("GET", "/" + path, headers=dict(headers))
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
-                errors.append(str(response.status))
-                return
-            counts[n] += 1
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise RuntimeError(f"non-200 answers from {url}: {errors[:3]}")
-    return sum(counts) / seconds
+def _duration(line: bytes) -> float | None:
+    if b'"duration_ms"' not in line:
+        return None
+    try:
+        value = json.loads(line).get("duration_ms")
+    except ValueError:
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
-def _create_key(env: Mapping[str, str]) -> str:
-    """A key with a rate and a quota far above what the run can spend."""
-    from auth import keys
-    from auth.loaders import pepper
-    from core.redis import redis_from_config
-    from gateway import create_app
+def _targets(bench: Bench, key: str) -> dict[str, tuple[GunicornServer, loads.Target]]:
+    auth = {"Authorization": f"Bearer {key}"}
+    gateway_url = f"http://127.0.0.1:{bench.gateway.port}"
+    return {
+        "bare": (bench.bare, loads.Target(f"http://127.0.0.1:{bench.bare.port}/")),
+        "secured": (bench.gateway, loads.Target(f"{gateway_url}/auth/me", headers=auth)),
+        "events": (
+            bench.gateway,
+            loads.Target(
+                f"{gateway_url}/events",
+                method="POST",
+                body=EVENT_BODY,
+                headers={**auth, "Content-Type": "application/json"},
+            ),
+        ),
+    }
 
-    app = create_app(env)
-    r = redis_from_config(app.config)
-    _, secret = keys.create_key(
-        r, pepper=pepper(app), name="bench", scopes=[], rate_limit="100000000/minute", quota="1000000000/day"
-    )
-    return secret
+
+def _rounds(bench: Bench, key: str) -> list[dict[str, float]]:
+    targets = _targets(bench, key)
+    for _server, target in targets.values():
+        bench.load(target, 1, 4)  # warm up: imports, Lua script load, key cache
+    rounds = []
+    for _ in range(bench.args.rounds):
+        row: dict[str, float] = {}
+        for name, (server, target) in targets.items():
+            row.update(bench.measure(name, server, target))
+        for name in ("secured", "events"):
+            row[f"{name}_ratio"] = row[f"{name}_rps"] / row["bare_rps"]
+            row[f"{name}_p99_ratio"] = row[f"{name}_p99_ms"] / row["bare_p99_ms"]
+        rounds.append(row)
+    return rounds
+
+
+def _median(rows: list[dict[str, float]], field: str, digits: int = 3) -> float:
+    return round(statistics.median(row[field] for row in rows), digits)
+
+
+def _rounded(row: Mapping[str, float]) -> dict[str, float]:
+    return {k: round(v) if k.endswith(("_rps", "_cpu_us")) else round(v, 3) for k, v in row.items()}
+
+
+def _report(args: argparse.Namespace, tool: str, rows: list[dict[str, float]]) -> dict[str, object]:
+    # Each round measures bare and then the secured routes back to back, so a round's ratio
+    # compares them under the same machine load; the median of those is the headline figure
+    # (a shared VM's speed drifts between rounds by more than the difference measured).
+    ratio = _median(rows, "secured_ratio")
+    p99_ratio = _median(rows, "secured_p99_ratio")
+    return {
+        "tool": tool,
+        "workers": args.workers,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "env": dict(args.env),
+        "bare_rps": [round(row["bare_rps"]) for row in rows],
+        "secured_rps": [round(row["secured_rps"]) for row in rows],
+        "events_rps": [round(row["events_rps"]) for row in rows],
+        "bare_median_rps": round(_median(rows, "bare_rps")),
+        "secured_median_rps": round(_median(rows, "secured_rps")),
+        "events_median_rps": round(_median(rows, "events_rps")),
+        "bare_p99_ms": _median(rows, "bare_p99_ms"),
+        "secured_p99_ms": _median(rows, "secured_p99_ms"),
+        "events_p99_ms": _median(rows, "events_p99_ms"),
+        **_in_app(rows),
+        "bare_cpu_us_per_request": round(_median(rows, "bare_cpu_us")),
+        "secured_cpu_us_per_request": round(_median(rows, "secured_cpu_us")),
+        "events_cpu_us_per_request": round(_median(rows, "events_cpu_us")),
+        "secured_redis_commands_per_request": _median(rows, "secured_redis_commands"),
+        "events_redis_commands_per_request": _median(rows, "events_redis_commands"),
+        "round_ratios": [round(row["secured_ratio"], 3) for row in rows],
+        "ratio": ratio,
+        "ratio_of_medians": round(_median(rows, "secured_rps") / _median(rows, "bare_rps"), 3),
+        "events_ratio": _median(rows, "events_ratio"),
+        "round_p99_ratios": [round(row["secured_p99_ratio"], 3) for row in rows],
+        "p99_ratio": p99_ratio,
+        "events_p99_ratio": _median(rows, "events_p99_ratio"),
+        "target": TARGET_RATIO,
+        "target_met": ratio >= TARGET_RATIO,
+        "p99_target": TARGET_P99_RATIO,
+        "p99_target_met": p99_ratio <= TARGET_P99_RATIO,
+        "round_details": [_rounded(row) for row in rows],
+    }
+
+
+def _in_app(rows: list[dict[str, float]]) -> dict[str, float]:
+    fields = [f"{r}_in_app_{q}_ms" for r in ("secured", "events") for q in ("p50", "p99")]
+    return {field: _median(rows, field) for field in fields if all(field in row for row in rows)}
+
+
+def _tenant_counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("--tenants takes counts >= 1, e.g. 1,100,1000")
+    return counts
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--env takes NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -140,61 +259,75 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="alternating bare/secured rounds")
     parser.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--tenants",
+        type=_tenant_counts,
+        default=[],
+        metavar="N[,N...]",
+        help="also measure N distinct keys (600/minute each) cycled round-robin, for each N",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="extra environment for both servers, e.g. RATELIMIT_LEASE_MAX=1 (repeatable)",
+    )
+    parser.add_argument(
+        "--gateway-app", default="wsgi:app", help="the gateway's WSGI entry (e.g. an instrumented wrapper)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser.parse_args(argv)
 
 
-def _measure(
-    args: argparse.Namespace, bare: GunicornServer, gateway: GunicornServer, key: str, redis_pid: int
-) -> dict[str, list[float]]:
-    use_wrk = args.tool == "wrk" or (args.tool == "auto" and shutil.which("wrk"))
-    load = _wrk if use_wrk else _python_load
-    targets = {
-        "bare": (bare, f"http://127.0.0.1:{bare.port}/", {}),
-        "secured": (gateway, f"http://127.0.0.1:{gateway.port}/auth/me", {"Authorization": f"Bearer {key}"}),
-    }
-    results: dict[str, list[float]] = {name: [] for name in ("bare", "secured", "bare_cpu", "secured_cpu")}
-    for _server, url, headers in targets.values():
-        load(url, headers, 1, 4)  # warm up: imports, Lua script load, key cache
-    for _ in range(args.rounds):
-        for name, (server, url, headers) in targets.items():
-            pids = [*_server_pids(server), redis_pid]
-            cpu_before = _cpu_seconds(pids)
-            rps = load(url, headers, args.duration, args.connections)
-            cpu = _cpu_seconds(pids) - cpu_before
-            results[name].append(rps)
-            # Server-side CPU (gunicorn + Redis) per request, in microseconds.
-            results[f"{name}_cpu"].append(cpu / (rps * args.duration) * 1e6)
-    results["tool"] = ["wrk" if use_wrk else "python"]  # type: ignore[list-item]
-    return results
+def _print(report: Mapping[str, object]) -> None:
+    columns = ("bare_rps", "bare_p99_ms", "secured_rps", "secured_p99_ms", "events_rps", "events_p99_ms")
+    print("round " + " ".join(f"{c:>15}" for c in columns))
+    for n, row in enumerate(report["round_details"], 1):  # type: ignore[arg-type]
+        print(f"{n:>5} " + " ".join(f"{row[c]:>15}" for c in columns))
+    for name, value in report.items():
+        if name not in ("round_details", "tenants"):
+            print(f"{name:>34}: {value}")
+    for tenants in report.get("tenants", []):  # type: ignore[attr-defined]
+        print("tenants " + ", ".join(f"{k}={v}" for k, v in tenants.items() if k != "round_details"))
 
 
-def _report(args: argparse.Namespace, results: dict[str, list[float]]) -> dict[str, object]:
-    bare = statistics.median(results["bare"])
-    secured = statistics.median(results["secured"])
-    # Each round measures bare and then secured back to back, so a round's ratio compares
-    # the two under the same machine load; the median of those is the headline figure
-    # (a shared VM's speed drifts between rounds by more than the difference measured).
-    ratios = [s / b for b, s in zip(results["bare"], results["secured"], strict=True)]
-    ratio = statistics.median(ratios)
+def _environment(redis_url: str, workers: int, extra: list[tuple[str, str]]) -> dict[str, str]:
     return {
-        "tool": results["tool"][0],
-        "workers": args.workers,
-        "connections": args.connections,
-        "duration_s": args.duration,
-        "rounds": args.rounds,
-        "bare_rps": [round(x) for x in results["bare"]],
-        "secured_rps": [round(x) for x in results["secured"]],
-        "bare_median_rps": round(bare),
-        "secured_median_rps": round(secured),
-        "bare_cpu_us_per_request": round(statistics.median(results["bare_cpu"])),
-        "secured_cpu_us_per_request": round(statistics.median(results["secured_cpu"])),
-        "round_ratios": [round(x, 3) for x in ratios],
-        "ratio": round(ratio, 3),
-        "ratio_of_medians": round(secured / bare, 3),
-        "target": TARGET_RATIO,
-        "target_met": ratio >= TARGET_RATIO,
+        "FLASK_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "REDIS_URL": redis_url,
+        "FORCE_HTTPS": "false",  # plain http on loopback; no proxy in front
+        "TRUSTED_PROXY_COUNT": "0",
+        "WEB_CONCURRENCY": str(workers),
+        **dict(extra),
     }
+
+
+def _run(args: argparse.Namespace, env: dict[str, str], redis_pid: int, work: Path) -> dict[str, object]:
+    from bench import tenants
+
+    use_wrk = args.tool == "wrk" or (args.tool == "auto" and shutil.which("wrk"))
+    servers: list[GunicornServer] = []
+    try:
+        key = tenants.create_keys(env, 1, rate_limit="100000000/minute", quota="1000000000/day")[0]
+        # Listed before they start, so an interrupted start still stops them.
+        servers.append(
+            GunicornServer(env, None, work / "bare.log", app="bench.secured:hello_app", ready_path="/")
+        )
+        servers.append(GunicornServer(env, None, work / "gateway.log", app=args.gateway_app))
+        for server in servers:
+            server.start(timeout=30)
+        load = loads.wrk if use_wrk else loads.python_load
+        bench = Bench(args, servers[0], servers[1], env["REDIS_URL"], redis_pid, load, work / "gateway.log")
+        report = _report(args, "wrk" if use_wrk else "python", _rounds(bench, key))
+        if args.tenants:
+            report["tenants"] = [tenants.measure(bench, env, n) for n in args.tenants]
+        return report
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,31 +338,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-secured-"))
     redis_server = RedisServer(work)
     redis_server.start()
-    env = {
-        "FLASK_ENV": "production",
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "REDIS_URL": redis_server.url,
-        "FORCE_HTTPS": "false",  # plain http on loopback; no proxy in front
-        "TRUSTED_PROXY_COUNT": "0",
-        "WEB_CONCURRENCY": str(args.workers),
-    }
-    servers: list[GunicornServer] = []
     try:
-        key = _create_key(env)
-        bare = GunicornServer(env, None, work / "bare.log", app="bench.secured:hello_app", ready_path="/")
-        servers.append(bare.start(timeout=30))
-        servers.append(GunicornServer(env, None, work / "gateway.log").start(timeout=30))
         assert redis_server.process is not None
-        report = _report(args, _measure(args, servers[0], servers[1], key, redis_server.process.pid))
+        env = _environment(redis_server.url, args.workers, args.env)
+        report = _run(args, env, redis_server.process.pid, work)
     finally:
-        for server in servers:
-            server.stop()
         redis_server.stop()
     if args.json:
         print(json.dumps(report))
     else:
-        for name, value in report.items():
-            print(f"{name:>20}: {value}")
+        _print(report)
     return 0 if report["target_met"] else 1
 
 

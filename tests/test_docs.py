@@ -4,6 +4,7 @@ and CI running exactly the README's test command."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -24,10 +25,52 @@ def test_every_setting_is_in_the_readme_table(name: str) -> None:
 
 
 def test_linked_docs_exist() -> None:
-    links = re.findall(r"\]\((docs/[^)]+\.md)\)", README)
+    links = re.findall(r"\]\((docs/[^)#]+\.md)(?:#[^)]*)?\)", README)
     assert "docs/operations.md" in links
     missing = [link for link in links if not (ROOT / link).is_file()]
     assert not missing
+
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+LINK = re.compile(r"\]\(((?:docs/)?[\w.-]+\.md)?(?:#([\w-]+))?\)")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    return {_anchor(line.lstrip("#")) for line in path.read_text().splitlines() if line.startswith("#")}
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *DOCS], ids=lambda p: p.name)
+def test_links_between_docs_land(page: Path) -> None:
+    """Every link to a doc (and to a heading in it) from the README or a doc resolves."""
+    broken = []
+    for target, anchor in LINK.findall(page.read_text()):
+        if not target and not anchor:
+            continue
+        path = page if not target else (ROOT / target if target.startswith("docs/") else page.parent / target)
+        if not path.is_file() or (anchor and anchor not in _anchors(path)):
+            broken.append(f"{target}#{anchor}" if anchor else target)
+    assert not broken, f"{page.name} links to missing docs or headings: {broken}"
+
+
+def test_first_screen_says_what_it_is_and_shows_the_two_commands() -> None:
+    """The first screen (about 25 lines) names the gateway and shows ``make run`` and ``make test``."""
+    first_screen = "\n".join(README.splitlines()[:25])
+    assert "gateway" in first_screen and "Flask" in first_screen and "Redis" in first_screen
+    assert re.search(r"^make run\b", first_screen, re.M) and re.search(r"^make test\b", first_screen, re.M)
+
+
+def test_benchmark_figures_live_in_docs_not_the_readme() -> None:
+    """The README links the figures; docs/performance.md holds them and says how to get them."""
+    assert "docs/performance.md" in README
+    assert not re.search(r"\d[\d,.]* ?(?:req/s|requests/s)\b|\d ?us\b|^\|.*ratio", README, re.M | re.I)
+    performance = (ROOT / "docs" / "performance.md").read_text()
+    assert "python -m bench secured" in performance and "--tenants" in performance
+    assert re.search(r"^\|.*ratio", performance, re.M), "docs/performance.md should hold the figures' tables"
 
 
 def test_the_two_commands() -> None:

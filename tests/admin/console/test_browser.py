@@ -19,7 +19,7 @@ import requests
 from playwright import sync_api
 
 from devtools.gunicorn import ROOT, GunicornServer
-from tests.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from tests.admin.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.gunicorn]
 

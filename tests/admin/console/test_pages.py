@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from auth import audit, keys
 from auth.loaders import pepper
-from tests.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Console, csrf_of, form_id_of
+from tests.admin.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Console, csrf_of, form_id_of
 
 PAGES = ["/admin/", "/admin/console/keys/new", "/admin/console/audit", "/admin/console/users"]
 SECRET = re.compile(r'<code id="secret">(rgw_[0-9A-Za-z]+)</code>')
@@ -248,7 +248,7 @@ def test_users_page_disable_and_enable_need_confirmation_and_csrf(
     logged_in: Console, app: Flask, r: redis.Redis
 ) -> None:
     from auth import users
-    from tests.console.conftest import Console as Browser
+    from tests.admin.console.conftest import Console as Browser
 
     other = _second_admin(r)
     theirs = Browser(app.test_client())

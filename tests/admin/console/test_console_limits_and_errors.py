@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from gateway import create_app
 from gateway.admin.console import actions
 from gateway.version import __version__
-from tests.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, ORIGIN
+from tests.admin.console.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, ORIGIN
 
 ASSETS = ("console.css", "console.js")
 
