@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from core.redis import LuaScript
 from core.redis import key as redis_key
 
 KEY_PREFIX = "rgw_"
@@ -294,7 +295,8 @@ def list_keys(r: redis.Redis) -> list[dict[str, Any]]:
 # the same nil reply after the same work: the same answer in the same time, with
 # no record on the wire. ARGV[2] is the presented digest: the record must name it
 # as its current secret or as the replaced one still within its grace.
-_LOOKUP_SCRIPT = """
+_LOOKUP_SCRIPT = LuaScript(
+    """
 local id = redis.call('GET', KEYS[1]) or ''
 local state = redis.call('HMGET', ARGV[1] .. id, 'revoked_at', 'expires_ts', 'digest', 'prev_digest',
   'prev_expires_ts')
@@ -309,6 +311,7 @@ end
 if not live then return false end
 return redis.call('HGETALL', ARGV[1] .. id)
 """
+)
 
 
 def lookup(r: redis.Redis, secret: str, pepper: bytes) -> dict[str, Any] | None:
@@ -318,7 +321,7 @@ def lookup(r: redis.Redis, secret: str, pepper: bytes) -> dict[str, Any] | None:
 
 def lookup_digest(r: redis.Redis, key_digest: str) -> dict[str, Any] | None:
     """:func:`lookup` for a key whose digest the caller has already computed."""
-    flat = r.eval(_LOOKUP_SCRIPT, 1, digest_key(key_digest), record_key(""), key_digest)
+    flat = _LOOKUP_SCRIPT(r, [digest_key(key_digest)], [record_key(""), key_digest])
     if not flat:
         return None
     record = _decode(dict(zip(flat[::2], flat[1::2], strict=True)))

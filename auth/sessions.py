@@ -40,6 +40,7 @@ from flask.sessions import SessionInterface, SessionMixin
 
 from auth.credentials import presented_key
 from core.extensions import RedisStore
+from core.redis import LuaScript
 from core.redis import key as redis_key
 
 _SID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
@@ -47,7 +48,8 @@ _SID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
 # KEYS[1] session record; ARGV[1] idle seconds, ARGV[2] absolute seconds.
 # Returns the JSON record and slides the idle TTL (never past the absolute end),
 # or nil (and deletes it) when it is missing, corrupt or past its absolute end.
-_LOAD_SCRIPT = """
+_LOAD_SCRIPT = LuaScript(
+    """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
 local ok, rec = pcall(cjson.decode, raw)
@@ -64,6 +66,7 @@ end
 redis.call('EXPIRE', KEYS[1], math.min(tonumber(ARGV[1]), left))
 return raw
 """
+)
 
 
 def _hashed(sid: str) -> str:
@@ -218,7 +221,7 @@ class RedisSessionInterface(SessionInterface):
             self._clear_cookie(app, response)
 
     def _fetch(self, app: Flask, r: redis.Redis, sid: str) -> dict[str, Any] | None:
-        raw = r.eval(_LOAD_SCRIPT, 1, session_key(sid), _idle(app), _absolute(app))
+        raw = _LOAD_SCRIPT(r, [session_key(sid)], [_idle(app), _absolute(app)])
         return json.loads(raw) if raw else None
 
     def _store(self, app: Flask, r: redis.Redis, session: ServerSession, response: Response) -> None:

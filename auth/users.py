@@ -27,6 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from auth.keys import now_iso
+from core.redis import LuaScript
 from core.redis import key as redis_key
 
 MIN_PASSWORD_LENGTH = 12
@@ -54,12 +55,14 @@ class LastEnabledUserError(ValueError):
 
 # KEYS[1] the set of enabled ids; ARGV[1] the user to disable. 1: done (or already disabled),
 # 0: refused, it is the last enabled user. One key, so it is atomic on a cluster too.
-_DISABLE_SCRIPT = """
+_DISABLE_SCRIPT = LuaScript(
+    """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 1 end
 if redis.call('SCARD', KEYS[1]) <= 1 then return 0 end
 redis.call('SREM', KEYS[1], ARGV[1])
 return 1
 """
+)
 
 
 @lru_cache(maxsize=1)
@@ -256,7 +259,7 @@ def end_epoch(r: redis.Redis, user_id: str) -> int:
 def disable_user(r: redis.Redis, user_id: str) -> None:
     """Disable a user (idempotent); LastEnabledUserError when no enabled user would be left."""
     _ensure_indexed(r)
-    if not r.eval(_DISABLE_SCRIPT, 1, enabled_key(), user_id):
+    if not _DISABLE_SCRIPT(r, [enabled_key()], [user_id]):
         raise LastEnabledUserError(
             "refused: this is the last enabled admin user; enable or create another first"
         )
