@@ -159,8 +159,9 @@ def gevent_patched() -> bool:
 class FastTransport:
     """The rate limiter's transport (gateway.ratelimit.decision.Transport) on these shortcuts."""
 
-    def __init__(self, script: str) -> None:
+    def __init__(self, script: str, return_script: str) -> None:
         self.script = script
+        self.return_script = return_script
         self.sha = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self.connections = Connections()
         self.calls = Coalescer(self.connections, gevent_patched())
@@ -173,8 +174,6 @@ class FastTransport:
             return self.connections.call("EVALSHA", self.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
 
     def give_back(self, calls: list[tuple[list[str], list[int]]]) -> None:
-        from gateway.ratelimit.leases import RETURN_LUA
-
-        commands = [("EVAL", RETURN_LUA, len(keys), *keys, *args) for keys, args in calls]
+        commands = [("EVAL", self.return_script, len(keys), *keys, *args) for keys, args in calls]
         for reply in self.connections.pipeline(commands):
             unwrap(reply)

@@ -133,7 +133,7 @@ def _transport(app: Flask) -> Transport:
     if fastpath.enabled(app.config):
         from gateway.fastpath.redis import FastTransport
 
-        return FastTransport(DECIDE_LUA)
+        return FastTransport(DECIDE_LUA, leases.RETURN_LUA)
     return ScriptTransport()
 
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Request, Response, current_app, g, request
-from flask_limiter import Limit, Limiter
-from flask_limiter.constants import ExemptionScope
+from flask_limiter import ExemptionScope, Limit, Limiter
 
 from auth.access import access_for
 from auth.identity import Identity, current_identity
 from auth.loaders import presented_key
 from core.errors import APIError
 from core.redis import REDIS_UNAVAILABLE
+from gateway import fastpath
 from gateway.metrics import recorder
 from gateway.ratelimit import headers
 from gateway.ratelimit.backend import EXTENSION_KEY, REQUEST_STATE, STORAGE_URI, STRATEGY_NAME, decider
@@ -230,7 +230,7 @@ def _decide(policies: Sequence[Policy], *, commit: bool = True) -> Decision:
 
 def check_request_limit() -> None:
     """before_request: take one unit from every limit of this request, or answer 429."""
-    req = request._get_current_object()  # type: ignore[attr-defined]  # public LocalProxy API
+    req: Request = request  # type: ignore[assignment]
     if exempt_request(req):
         return
     own = _identity_policies(req)
@@ -286,3 +286,7 @@ def init_app(app: Flask) -> None:
     app.before_request(check_request_limit)
     app.after_request(settle)
     limiter.init_app(app)
+    if fastpath.enabled(app.config):
+        from gateway.fastpath.limiter import gate_middleware
+
+        gate_middleware(app, limiter, _middleware_pass_decided)
