@@ -22,6 +22,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the contract's field order
     _init_extensions(app)
     _register_blueprints(app)
+    _apply_route_limits(app)
     return app
 
 
@@ -55,3 +56,9 @@ def _register_blueprints(app: Flask) -> None:
     jobs.init_app(app)  # blueprint and the `jobs worker` CLI
     openapi.init_app(app)
     console.init_app(app)
+
+
+def _apply_route_limits(app: Flask) -> None:
+    from gateway import ratelimit
+
+    ratelimit.apply_route_limits(app)  # RATELIMIT_ROUTES: once every view is registered

@@ -16,6 +16,7 @@ from core import forks
 from core.extensions import get_redis
 from core.redis import failure_label, is_unavailable, key
 from core.schemas import endpoint
+from gateway.ratelimit import limiter
 
 bp = Blueprint("health", __name__)
 
@@ -41,6 +42,7 @@ def _ok() -> Response:
 
 
 @bp.get("/healthz")
+@limiter.exempt
 @public
 @endpoint("Liveness", tags=TAGS, responses={200: "ok"}, content_type="text/plain")
 def healthz() -> Response:
@@ -49,6 +51,7 @@ def healthz() -> Response:
 
 
 @bp.get("/health")
+@limiter.exempt
 @public
 @endpoint("Liveness (FastAPI-era name)", tags=TAGS, responses={200: "ok"}, content_type="text/plain")
 def health() -> Response:
@@ -72,6 +75,7 @@ def _redis_check() -> dict[str, Any]:
 
 
 @bp.get("/readyz")
+@limiter.exempt
 @public
 @endpoint("Readiness", tags=TAGS, responses={200: Readiness, 503: Readiness})
 def readyz() -> tuple[Response, int]:

@@ -30,6 +30,7 @@ from gateway.agents.sse import (
     find_resume_point,
     new_stream_id,
 )
+from gateway.ratelimit import stream_opens_limit
 
 bp = Blueprint("agents", __name__, url_prefix="/agents")
 TAGS = ("agents",)
@@ -120,6 +121,7 @@ def session_messages(session_id: str) -> Response:
 
 
 @bp.get("/stream")
+@stream_opens_limit  # RATELIMIT_STREAM_OPENS per identity (flask_limiter)
 @require_scope(AGENTS_WRITE)
 @endpoint(
     "Stream the agent's reply to the session as server-sent events",

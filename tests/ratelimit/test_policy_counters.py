@@ -9,7 +9,7 @@ import pytest
 import redis
 from flask import Flask
 
-from gateway.ratelimit import EXTENSION_KEY
+from gateway.ratelimit import give_back_leases
 
 ME = "/_probe/me"
 
@@ -95,5 +95,5 @@ def test_leases_of_large_limits_of_one_window_stay_exact(
     assert sorted(counters(r).values()) == [64, 64]  # two leases of RATELIMIT_LEASE_MAX (32)
     remaining = [int(answer.headers["X-RateLimit-Remaining"]) for answer in answers]
     assert remaining == list(range(99_999, 99_959, -1))
-    app.extensions[EXTENSION_KEY].leases.sweep(everything=True)
+    give_back_leases(app, everything=True)
     assert sorted(counters(r).values()) == [40, 40]  # unused units back to each counter

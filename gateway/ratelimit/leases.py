@@ -18,7 +18,7 @@ Safety, the three properties the limiter promises:
 * Nothing lost. A lease lives at most ``LEASE_SECONDS`` and never past the end
   of the shortest window it came from. Units still unused then are given back
   (``DECRBY``) to the same window, never to a later one, by a background sweeper
-  and at exit. The only cost of a lease is that, while one worker holds spare
+  and at exit (core.background.BackgroundLoop). The only cost of a lease is that, while one worker holds spare
   units, another may refuse a request up to ``LEASE_SECONDS`` early.
 
 Headers of a request served from a lease report the counts Redis returned when
@@ -28,7 +28,6 @@ workers' traffic since then shows on this worker's next lease.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
 import time
@@ -36,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core import forks
+from core.background import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,15 @@ class LeaseBook:
         self.ended: list[Lease] = []  # replaced while they still had units
         self.lock = threading.Lock()
         self.give_back = give_back
-        self.sweeper_pid: int | None = None
+        # Started by the first lease, in the process that leases (after gunicorn's fork,
+        # under gevent's patching); at exit it gives back every unit still unused.
+        self.sweeper = BackgroundLoop(
+            "ratelimit-leases",
+            LEASE_SECONDS / 2,
+            self.sweep,
+            final=lambda: self.sweep(everything=True),
+            on_fork=self._forget,
+        )
 
     def serve(self, policies: Sequence[Any]) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
         """A unit from a live lease of ``policies``, or None when there is none."""
@@ -133,7 +140,7 @@ class LeaseBook:
         Greenlets that miss at the same moment each bring a lease; merging keeps them all
         usable. A lease of other windows is given back at the next sweep instead.
         """
-        self._ensure_sweeper()
+        self.sweeper.ensure_started()
         with self.lock:
             old = self.live.get(policies)
             self.live[policies] = lease
@@ -145,7 +152,7 @@ class LeaseBook:
 
     def sweep(self, *, everything: bool = False) -> None:
         """Give back the unused units of every ended lease (of every lease, at exit)."""
-        if self.sweeper_pid != forks.pid():
+        if not self.sweeper.owned():
             return  # nothing leased here, or a forked child's copy of its parent's leases
         now = time.monotonic()
         with self.lock:
@@ -160,23 +167,11 @@ class LeaseBook:
                 if not everything:  # at exit Redis may be gone already (tests, shutdown)
                     log.warning("could not give back %d rate-limit lease(s)", len(leases))
 
-    def _ensure_sweeper(self) -> None:
-        # Started in the process that leases (after gunicorn's fork, under gevent's patching).
-        if self.sweeper_pid == forks.pid():
-            return
+    def _forget(self) -> None:
+        # A forked child does not own its parent's leases: the parent gives them back.
         with self.lock:
-            if self.sweeper_pid == forks.pid():
-                return
-            self.live.clear()  # a forked child does not own its parent's leases
+            self.live.clear()
             self.ended = []
-            self.sweeper_pid = forks.pid()
-        threading.Thread(target=self._loop, name="ratelimit-leases", daemon=True).start()
-        atexit.register(self.sweep, everything=True)
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(LEASE_SECONDS / 2)
-            self.sweep()
 
 
 def lease_expiry(now: float, ttls_ms: Sequence[int]) -> float:

@@ -11,7 +11,8 @@ import requests
 
 from devtools.gunicorn import GunicornServer
 
-pytestmark = pytest.mark.gunicorn
+# Both ways: through gateway.fastpath.redis, and through redis-py's public register_script.
+pytestmark = [pytest.mark.gunicorn, pytest.mark.parametrize("fastpath", ["true", "false"])]
 
 LIMIT = 25
 REQUESTS = 80
@@ -29,18 +30,18 @@ def hammer(urls: list[str], headers: dict[str, str]) -> Counter[int]:
         return Counter(pool.map(one, range(REQUESTS)))
 
 
-def test_exact_across_four_workers(gunicorn: Callable[..., GunicornServer]) -> None:
-    server = gunicorn(workers=4, env={"RATELIMIT_ANONYMOUS": f"{LIMIT}/minute"})
+def test_exact_across_four_workers(gunicorn: Callable[..., GunicornServer], fastpath: str) -> None:
+    server = gunicorn(workers=4, env={"RATELIMIT_ANONYMOUS": f"{LIMIT}/minute", "GATEWAY_FASTPATH": fastpath})
     assert len(server.worker_pids()) == 4
     statuses = hammer([server.url + "/"], {})
     assert statuses == Counter({200: LIMIT, 429: REQUESTS - LIMIT})
 
 
 def test_exact_across_two_instances_for_a_key(
-    gunicorn: Callable[..., GunicornServer], make_key: Callable[..., str]
+    gunicorn: Callable[..., GunicornServer], make_key: Callable[..., str], fastpath: str
 ) -> None:
-    first = gunicorn(workers=2)
-    second = gunicorn(workers=2)
+    first = gunicorn(workers=2, env={"GATEWAY_FASTPATH": fastpath})
+    second = gunicorn(workers=2, env={"GATEWAY_FASTPATH": fastpath})
     headers = {"Authorization": f"Bearer {make_key(rate_limit=f'{LIMIT}/minute')}"}
     statuses = hammer([first.url + "/auth/me", second.url + "/auth/me"], headers)
     assert statuses == Counter({200: LIMIT, 429: REQUESTS - LIMIT})

@@ -1,0 +1,227 @@
+"""The atomic decision: every limit of a request decided, and its headers' figures read,
+in ONE Redis call, or in none while the worker holds a lease (leases.py).
+
+One Lua script reads every counter of the request, refuses when any is spent (then it
+takes nothing from any limit), otherwise increments them all, and returns each count
+and time-to-reset, which is what the headers need. It is registered with redis-py's
+``register_script`` (which loads it again after a NOSCRIPT) on the app's client; with
+``GATEWAY_FASTPATH`` on, gateway.fastpath.redis sends the same script on connections
+of its own (see there for why and what it saves).
+
+Redis unreachable: with ``RATELIMIT_FAIL_OPEN`` the worker counts in a per-process
+``limits`` MemoryStorage until Redis answers again (tried every RECHECK_SECONDS);
+otherwise the error reaches the error layer (503). Closed policies (login) never
+fall back and are never leased.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+from flask import Flask
+from limits.storage import MemoryStorage
+
+from core.extensions import get_redis
+from core.redis import REDIS_UNAVAILABLE
+from gateway import fastpath
+from gateway.ratelimit import leases
+from gateway.ratelimit.policies import Policy
+
+log = logging.getLogger(__name__)
+
+# Failing open, how often the limiter looks whether Redis is back.
+RECHECK_SECONDS = 1.0
+
+# KEYS[i]: counter i. ARGV: cost, commit (1 = take, 0 = only look), lease_max, lease_share,
+# then amount_i, window_ms_i. Taking, it takes ``cost`` units, or a lease of up to lease_max
+# when every limit has many left (leases.py), never more than any limit has left.
+# Returns {breached index (0: none), units taken, count_1, pttl_1, count_2, pttl_2, ...}.
+DECIDE_LUA = """
+local cost = tonumber(ARGV[1])
+local commit = ARGV[2] == '1'
+local lease_max, share = tonumber(ARGV[3]), tonumber(ARGV[4])
+local counts, ttls, breached, spare = {}, {}, 0, nil
+for i = 1, #KEYS do
+  local amount = tonumber(ARGV[3 + 2 * i])
+  local ttl = redis.call('PTTL', KEYS[i])
+  -- A counter without expiry, or a key of another shape, is replaced rather than trusted or failed on.
+  if ttl == -1 or (ttl >= 0 and redis.call('TYPE', KEYS[i]).ok ~= 'string') then
+    redis.call('DEL', KEYS[i]); ttl = -2
+  end
+  local count = 0
+  if ttl == -2 then ttl = tonumber(ARGV[4 + 2 * i]) else count = tonumber(redis.call('GET', KEYS[i])) end
+  counts[i], ttls[i] = count, ttl
+  if breached == 0 and count + cost > amount then breached = i end
+  if spare == nil or amount - count < spare then spare = amount - count end
+end
+local take = 0
+if breached == 0 and commit then
+  take = math.max(cost, math.min(lease_max, math.floor(spare / share)))
+  for i = 1, #KEYS do
+    counts[i] = redis.call('INCRBY', KEYS[i], take)
+    if counts[i] == take then redis.call('PEXPIRE', KEYS[i], ttls[i]) end
+  end
+end
+local out = {breached, take}
+for i = 1, #KEYS do out[#out + 1] = counts[i]; out[#out + 1] = ttls[i] end
+return out
+"""
+
+
+@dataclass(slots=True)  # one per request: a frozen dataclass's __init__ is slower
+class Decision:
+    """Every policy of a request with its count and seconds to reset; ``breached`` indexes one."""
+
+    policies: tuple[Policy, ...]
+    counts: tuple[int, ...]
+    resets: tuple[float, ...]
+    breached: int | None
+    taken_at: float = 0.0  # time.monotonic() of the call, for giving units back
+
+    def left(self) -> list[int]:
+        """Each policy's remaining requests."""
+        return [max(0, p.item.amount - c) for p, c in zip(self.policies, self.counts, strict=True)]
+
+    def headline(self, left: list[int] | None = None) -> int:
+        """The policy the X-RateLimit-* headers describe: the breached one, else the scarcest."""
+        if self.breached is not None:
+            return self.breached
+        left = self.left() if left is None else left
+        return left.index(min(left))
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.resets[self.headline()]))
+
+
+class Transport(Protocol):
+    """How the decision reaches Redis: redis-py's public client, or gateway.fastpath.redis."""
+
+    def decide(self, keys: list[str], args: list[int]) -> list[Any]: ...
+
+    def give_back(self, calls: list[tuple[list[str], list[int]]]) -> None: ...
+
+
+class ScriptTransport:
+    """The decision through ``register_script`` on the app's client (NOSCRIPT handled by redis-py);
+    give-backs as one pipeline of EVALs (rare, off the request path)."""
+
+    def __init__(self) -> None:
+        self.client: redis.Redis | None = None
+        self.script: Any = None
+
+    def decide(self, keys: list[str], args: list[int]) -> list[Any]:
+        client = get_redis()
+        if client is not self.client:  # first call (the client is the app's, made in init_app)
+            self.script, self.client = client.register_script(DECIDE_LUA), client
+        return self.script(keys=keys, args=args)  # type: ignore[no-any-return]
+
+    def give_back(self, calls: list[tuple[list[str], list[int]]]) -> None:
+        pipe = get_redis().pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.eval(leases.RETURN_LUA, len(keys), *keys, *args)
+        pipe.execute()
+
+
+def _transport(app: Flask) -> Transport:
+    if fastpath.enabled(app.config):
+        from gateway.fastpath.redis import FastTransport
+
+        return FastTransport(DECIDE_LUA, leases.RETURN_LUA)
+    return ScriptTransport()
+
+
+class Decider:
+    """Per app: how the decision reaches Redis, the worker's leases, the fallback counters."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.fail_open: bool = app.config["RATELIMIT_FAIL_OPEN"]
+        self.lease_max: int = max(1, app.config["RATELIMIT_LEASE_MAX"])
+        self.transport = _transport(app)
+        self.leases = leases.LeaseBook(self.give_back_leases)
+        self.memory = MemoryStorage()
+        self.memory_lock = threading.Lock()
+        self.degraded = False
+        self.recheck_at = 0.0  # time.monotonic() before which a degraded limiter skips Redis
+        # Per-endpoint facts the Flask hook caches (exempt? any declared limits?), keyed with the view.
+        self.endpoints: dict[tuple[str, str], tuple[Any, bool]] = {}
+
+    def decide(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
+        """A live lease first; then Redis; when it is unreachable, per-process counters if
+        failing open (never for a closed policy, which is never leased either)."""
+        closed = any(p.closed for p in policies)
+        lease = commit and not closed and self.lease_max > 1
+        if lease:
+            served = self.leases.serve(policies)
+            if served is not None:
+                return Decision(tuple(policies), served[0], served[1], None)
+        fallback = self.fail_open and not closed
+        # While degraded, Redis is tried again only every RECHECK_SECONDS: a stalled
+        # server would otherwise cost every request its connect timeout.
+        if fallback and time.monotonic() < self.recheck_at:
+            return self.decide_in_memory(policies, commit=commit)
+        try:
+            return self.decide_in_redis(policies, commit=commit, lease=lease)
+        except REDIS_UNAVAILABLE:
+            if not fallback:
+                raise
+            self.recheck_at = time.monotonic() + RECHECK_SECONDS
+            return self.decide_in_memory(policies, commit=commit)
+
+    def decide_in_redis(self, policies: Sequence[Policy], *, commit: bool, lease: bool) -> Decision:
+        lease_max = self.lease_max if commit and lease else 1
+        args: list[int] = [1, 1 if commit else 0, lease_max, leases.LEASE_SHARE]
+        for policy in policies:
+            args += [policy.item.amount, policy.window * 1000]
+        keys = [p.redis_key for p in policies]
+        taken_at = time.monotonic()
+        out = self.transport.decide(keys, args)
+        if self.degraded:
+            self.degraded = False
+            log.warning("rate-limit storage is back: limits are shared through Redis again")
+        counts = tuple(int(c) for c in out[2::2])
+        ttls_ms = tuple(int(ms) for ms in out[3::2])
+        taken = int(out[1])
+        if taken > 1:  # a lease: this request takes one unit, the rest serve the next ones
+            expiry = leases.lease_expiry(taken_at, ttls_ms)
+            self.leases.add(policies, leases.Lease(tuple(keys), taken - 1, counts, ttls_ms, taken_at, expiry))
+            counts = tuple(count - (taken - 1) for count in counts)
+        resets = tuple(ms / 1000 for ms in ttls_ms)
+        return Decision(tuple(policies), counts, resets, int(out[0]) - 1 if out[0] else None, taken_at)
+
+    def decide_in_memory(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
+        if not self.degraded:
+            self.degraded = True
+            log.warning("rate-limit storage unreachable: falling back to per-process limits")
+        keys = [p.redis_key for p in policies]
+        with self.memory_lock:
+            counts = [self.memory.get(k) for k in keys]
+            breached = next((i for i, p in enumerate(policies) if counts[i] + 1 > p.item.amount), None)
+            if breached is None and commit:
+                counts = [self.memory.incr(k, p.window) for k, p in zip(keys, policies, strict=True)]
+            now = time.time()
+            resets = tuple(
+                max(0.0, self.memory.get_expiry(k) - now) or p.window
+                for k, p in zip(keys, policies, strict=True)
+            )
+        return Decision(tuple(policies), tuple(counts), resets, breached, time.monotonic())
+
+    def give_back_leases(self, spent: list[leases.Lease]) -> None:
+        """The lease book's sweeper: return unused units to the windows they came from, in one call."""
+        now = time.monotonic()
+        with self.app.app_context():
+            self.transport.give_back([lease.return_args(now) for lease in spent])
+
+    def give_back(self, decision: Decision, indices: Sequence[int]) -> None:
+        """Return the one unit ``decision`` took from the policies at ``indices``."""
+        elapsed_ms = (time.monotonic() - decision.taken_at) * 1000
+        keys = [decision.policies[i].redis_key for i in indices]
+        expected = [int(decision.resets[i] * 1000 - elapsed_ms) for i in indices]
+        self.transport.give_back([(keys, [1, *expected, leases.RETURN_TOLERANCE_MS])])
