@@ -23,6 +23,7 @@ from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 
+from core import forks
 from core.background import BackgroundLoop
 from gateway.health import is_probe
 
@@ -243,13 +244,32 @@ def _log_access(response: Response) -> None:
         "remote_addr": clip(request.remote_addr, _SHORT_BUDGET),
         "identity": _caller(),
     }
-    # makeRecord + handle, not .info(): one line per request need not walk the stack for
-    # its caller. The handler batches the line (see _StderrHandler.emit).
-    _access_log.handle(
-        _access_log.makeRecord(
-            ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None, extra={"fields": fields}
-        )
+    # The handler batches the line (see _StderrHandler.emit).
+    _access_log.handle(_access_record(fields))
+
+
+# A prepared access record: LogRecord.__init__ (and so .info() and makeRecord) works
+# out, for every record, the caller's file and module, the process name and more,
+# and makeRecord copies ``extra`` key by key: about half the cost of an access line.
+# Only the time, the thread and the process change from one access line to the next.
+_ACCESS_RECORD = logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", (), None).__dict__
+
+
+def _access_record(fields: dict[str, Any]) -> logging.LogRecord:
+    """A ``gateway.access`` record carrying ``fields``, with the attributes LogRecord gives."""
+    created = time.time()
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__.update(
+        _ACCESS_RECORD,
+        created=created,
+        msecs=int((created - int(created)) * 1000) + 0.0,
+        relativeCreated=_ACCESS_RECORD["relativeCreated"] + (created - _ACCESS_RECORD["created"]) * 1000,
+        thread=threading.get_ident(),
+        threadName=threading.current_thread().name,
+        process=forks.pid(),
+        fields=fields,
     )
+    return record
 
 
 def _caller() -> str | None:
