@@ -1,18 +1,20 @@
 """Two shortcuts in Flask's and Werkzeug's per-request machinery (``FastGateway``).
 
-Both are measured with a 5,000-request ``test_client`` loop in one process (CPU
-time per request, median of five runs; see the commit for the figures):
+Measured as Python function calls per request (cProfile over 1,000 WSGI calls;
+deterministic, unlike CPU time on the shared machine), against 661 calls of a
+secured ``GET /auth/me`` and 413 of ``GET /healthz`` with every shortcut on:
 
 * ``FastResponse.get_wsgi_headers`` hands Werkzeug's header list to the server
   without copying it when the copy could change nothing. Werkzeug copies (and
   re-validates) every header of every answer, to make a ``Location`` absolute,
   drop ``Content-Length`` where the status forbids it, or add one. An answer with
   a length, an ordinary status and no location needs none of that, and a secured
-  answer carries about fifteen headers. Saves about 6 us per request.
+  answer carries about fifteen headers. Saves 102 calls per ``/auth/me``
+  (13%), 59 per ``/healthz``.
 * ``FastGateway.ensure_sync`` remembers whether a hook or view is a coroutine
   function. Flask asks ``inspect.iscoroutinefunction`` before every call of every
   hook and view; the gateway runs about a dozen per request and the answer never
-  changes. Saves about 4 us per request.
+  changes. Saves 81 calls per ``/auth/me`` (11%), 80 per ``/healthz``.
 
 Upstream internals relied on (guarded by tests/fastpath/test_responses_guard.py):
 ``Headers._list`` is the list of ``(name, value)`` tuples Werkzeug iterates to
