@@ -9,21 +9,32 @@ from flask import Flask
 
 from config import load_config
 from core.app import Gateway
+from gateway import fastpath
 
 
 def create_app(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Gateway:
     """Build the app from the environment (or ``environ``); ``overrides`` patch parsed values."""
-    app = Gateway(__name__)
-    app.config.from_mapping(load_config(environ))
-    if overrides:
-        app.config.from_mapping(overrides)
+    config = load_config(environ)
+    config.update(overrides or {})
+    app = _app_class(config)(__name__)
+    app.config.from_mapping(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the contract's field order
     _init_extensions(app)
     _register_blueprints(app)
     _apply_route_limits(app)
     return app
+
+
+def _app_class(config: Mapping[str, Any]) -> type[Gateway]:
+    # The class is picked before the app exists: its response class and hook calls
+    # are the fast path's (gateway.fastpath.responses) unless GATEWAY_FASTPATH is off.
+    if fastpath.enabled(config):
+        from gateway.fastpath.responses import FastGateway
+
+        return FastGateway
+    return Gateway
 
 
 def _init_extensions(app: Flask) -> None:

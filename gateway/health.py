@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel
 
 from auth import public
@@ -20,12 +20,23 @@ from gateway.ratelimit import limiter
 
 bp = Blueprint("health", __name__)
 
-# Endpoints the security layers (limiter, https redirect, access logs) leave alone.
+# The probe routes' endpoints (see is_probe).
 HEALTH_ENDPOINTS = frozenset({"health.healthz", "health.health", "health.readyz"})
-HEALTH_PATHS = frozenset({"/healthz", "/health", "/readyz"})
 TAGS = ("health",)
 READYZ_KEY_TTL_MS = 5000
 log = logging.getLogger(__name__)
+
+
+def is_probe() -> bool:
+    """True when this request is routed to a health probe.
+
+    The one test every edge layer asks: probes get no Host check and no https
+    redirect (the platform probes plain http with its own Host), no access line
+    and no request metrics (probe traffic is not load); they still get the
+    security headers. A request to a probe path that matched no route (a POST
+    /healthz, a 405) is not a probe: it is an ordinary client error.
+    """
+    return request.endpoint in HEALTH_ENDPOINTS
 
 
 class Readiness(BaseModel):

@@ -3,34 +3,37 @@
 Order (DESIGN.md): ProxyFix fixes the scheme and client IP first, so the https
 redirect, the limiter's per-IP counting and the logs all see the real client.
 
-Headers: API answers (JSON, SSE, errors, redirects) all get one fixed set,
-computed once here: Talisman would re-parse its policy strings on every answer
-(about 35 us, a tenth of the secured request's own cost). HTML pages (the admin
-console) are handed to Talisman, which owns the nonce-based page policy; the
-nonce is made on first use (``csp_nonce()`` in a template) rather than for
-every request. Talisman's own redirect and HSTS are not used: both believe a
-client's own ``X-Forwarded-Proto`` whatever TRUSTED_PROXY_COUNT says, and its
-redirect cannot exempt the health probes without decorating their views. The
-gateway redirects on ``request.is_secure`` as ProxyFix leaves it, and sends HSTS
-on every answer (browsers ignore it on plain http, so that is harmless).
+Headers: Talisman, through its public options, owns the headers of every answer
+and the page policy: a per-request nonce in ``script-src`` and ``style-src`` (the
+console's templates call ``csp_nonce()``), frame, referrer and nosniff headers.
+Answers that are not HTML pages (JSON, SSE, errors, redirects) render nothing, so
+``finish_headers`` (running after Talisman's hook) gives them the strict API
+policy instead and drops the Permissions-Policy, which governs rendered documents.
+Talisman's own redirect and HSTS are not used: both believe a client's own
+``X-Forwarded-Proto`` whatever TRUSTED_PROXY_COUNT says, and its redirect cannot
+exempt the health probes without decorating their views. The gateway redirects
+on ``request.is_secure`` as ProxyFix leaves it, and sends HSTS on every answer
+(browsers ignore it on plain http, so that is harmless).
+
+With ``GATEWAY_FASTPATH`` on, :mod:`gateway.fastpath.headers` sends the same
+headers at a fraction of the cost (see there).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app, redirect, request
 from flask_cors import CORS
 from flask_talisman import Talisman
-from werkzeug.datastructures import Headers
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config.allowlists import host_allowed
 from core.errors import APIError
-from gateway.health import HEALTH_ENDPOINTS, HEALTH_PATHS
+from gateway import fastpath
+from gateway.health import is_probe
 
 HSTS_SECONDS = 365 * 24 * 3600
 HSTS = f"max-age={HSTS_SECONDS}; includeSubDomains"
@@ -47,20 +50,18 @@ PAGE_CSP = {
     "object-src": "'none'",
 }
 NONCE_DIRECTIVES = ["script-src", "style-src"]
-NONCE_BYTES = 24
-# Every non-HTML answer: the same values, so built once. No Permissions-Policy: it governs
-# features of rendered documents, and these answers render nothing (default-src 'none').
+# Set by Talisman on every answer; only pages keep it (it governs rendered documents).
+PAGE_ONLY_HEADER = "Permissions-Policy"
+# What an API answer (not a page) carries, in the order Talisman's hook and
+# finish_headers leave them; gateway.fastpath.headers appends them in one step.
 API_HEADERS = (
-    ("Content-Security-Policy", JSON_CSP),
     ("X-Frame-Options", "DENY"),
     ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", JSON_CSP),
     ("Referrer-Policy", "no-referrer"),
+    ("Strict-Transport-Security", HSTS),
+    ("Cache-Control", "no-store"),
 )
-
-# The complete fixed set of an API answer, appended in one step (see finish_headers).
-API_FIXED_HEADERS = (*API_HEADERS, ("Strict-Transport-Security", HSTS), ("Cache-Control", "no-store"))
-_API_FIXED_NAMES = frozenset(name.lower() for name, _ in API_FIXED_HEADERS)
-Headers(API_FIXED_HEADERS)  # validated once here (Werkzeug checks names and values), not per answer
 
 # What browsers may send and read cross-origin (rate-limit state, request ids).
 CORS_ALLOW_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", "Idempotency-Key"]
@@ -79,10 +80,6 @@ CORS_MAX_AGE = 600
 log = logging.getLogger(__name__)
 
 
-def _is_health() -> bool:
-    return request.endpoint in HEALTH_ENDPOINTS or request.path in HEALTH_PATHS
-
-
 def refuse_foreign_host() -> None:
     """before_request: 400 for a Host that is not in ALLOWED_HOSTS (or is malformed); probes exempt.
 
@@ -90,7 +87,7 @@ def refuse_foreign_host() -> None:
     is routed, so the health probes (whose Host is the platform's, not ours) could not be
     exempted. The https redirect and ``request.host_url`` (the Origin check) come after it.
     """
-    if _is_health():
+    if is_probe():
         return
     if not host_allowed(request.host, request.scheme, current_app.config["ALLOWED_HOSTS"]):
         raise APIError(400, "Bad Request", "The Host header names a host this gateway does not serve.")
@@ -98,7 +95,7 @@ def refuse_foreign_host() -> None:
 
 def redirect_to_https() -> Response | None:
     """before_request (FORCE_HTTPS): plain http goes to https, health probes excepted."""
-    if request.is_secure or _is_health():
+    if request.is_secure or is_probe():
         return None
     # The target is built from request.host, which refuse_foreign_host (run first) has checked.
     # 308 keeps the method and body, so a POST is not silently turned into a GET.
@@ -114,44 +111,27 @@ def refuse_large_body() -> None:
         raise APIError(413, "Payload Too Large", f"The request body must be at most {limit} bytes.")
 
 
-def csp_nonce() -> str:
-    """This request's CSP nonce, made on first use (templates call ``csp_nonce()``)."""
-    nonce: str | None = getattr(request, "csp_nonce", None)
-    if nonce is None:
-        nonce = request.csp_nonce = secrets.token_urlsafe(NONCE_BYTES)  # type: ignore[attr-defined]
-    return nonce
-
-
-def _is_page(response: Response) -> bool:
+def is_page(response: Response) -> bool:
+    """True for an HTML page (the console's), which keeps Talisman's page policy."""
     # The raw header, not response.mimetype: that parses the header's options on every answer.
     content_type = response.headers.get("Content-Type", "")
     return content_type[:9].lower() == "text/html" and not 300 <= response.status_code < 400
 
 
+def is_static() -> bool:
+    """True for a static file, which keeps its own caching."""
+    return (request.endpoint or "").endswith("static")
+
+
 def finish_headers(response: Response) -> Response:
-    """after_request: the security headers of every answer; HTML pages get Talisman's page policy."""
+    """after_request, after Talisman's: the API policy on answers that are not pages; HSTS; no-store."""
     headers = response.headers
-    page = _is_page(response)
-    # Static console assets keep their own caching; every other answer is per caller.
-    static = (request.endpoint or "").endswith("static")
-    if not page and not static and not any(name.lower() in _API_FIXED_NAMES for name, _ in headers):
-        # The common case, an API answer that set none of them itself: append the whole
-        # precomputed set at once. Headers.extend would re-validate the same constants on
-        # every answer (they were validated once, at import).
-        headers._list.extend(API_FIXED_HEADERS)
-        return response
-    if page:
-        csp_nonce()
-        talisman: Talisman = current_app.extensions["talisman"]
-        talisman._set_response_headers(response)  # CSP with the nonce, frame, referrer, nosniff
-    else:
-        present = {name.lower() for name, _ in headers}
-        for name, value in API_HEADERS:
-            if name.lower() not in present:
-                headers.add(name, value)
+    if not is_page(response):
+        headers["Content-Security-Policy"] = JSON_CSP
+        headers.remove(PAGE_ONLY_HEADER)
     headers["Strict-Transport-Security"] = HSTS
-    if not static:
-        headers["Cache-Control"] = "no-store"
+    if not is_static():
+        headers["Cache-Control"] = "no-store"  # every other answer is per caller
     return response
 
 
@@ -174,11 +154,14 @@ def _init_proxy_fix(app: Flask) -> None:
         )
 
 
-def _init_talisman(app: Flask) -> None:
-    talisman = Talisman(
+def _init_talisman(app: Flask) -> Talisman:
+    # finish_headers is registered first so that it runs after Talisman's hook
+    # (Flask runs after_request functions in reverse order of registration).
+    app.after_request(finish_headers)
+    return Talisman(
         app,
-        force_https=False,
-        strict_transport_security=False,
+        force_https=False,  # redirect_to_https instead: it trusts only ProxyFix and spares the probes
+        strict_transport_security=False,  # finish_headers sends HSTS on every answer
         content_security_policy=PAGE_CSP,
         content_security_policy_nonce_in=NONCE_DIRECTIVES,
         frame_options="DENY",
@@ -187,13 +170,6 @@ def _init_talisman(app: Flask) -> None:
         session_cookie_secure=app.config["SESSION_COOKIE_SECURE"],
         session_cookie_samesite=app.config["SESSION_COOKIE_SAMESITE"],
     )
-    # Talisman's per-request hooks are replaced (see the module docstring): finish_headers
-    # calls it for HTML pages, and csp_nonce() makes the nonce when a page asks for it.
-    app.before_request_funcs[None].remove(talisman._force_https)
-    app.before_request_funcs[None].remove(talisman._make_nonce)
-    app.after_request_funcs[None].remove(talisman._set_response_headers)
-    app.jinja_env.globals["csp_nonce"] = csp_nonce
-    app.extensions["talisman"] = talisman
 
 
 def _init_cors(app: Flask) -> None:
@@ -219,6 +195,16 @@ def init_app(app: Flask) -> None:
     if app.config["FORCE_HTTPS"]:
         app.before_request(redirect_to_https)
     app.before_request(refuse_large_body)
-    app.after_request(finish_headers)
-    _init_talisman(app)
+    talisman = _init_talisman(app)
+    if fastpath.enabled(app.config):
+        from gateway.fastpath import headers
+
+        headers.install(
+            app,
+            talisman,
+            api_headers=API_HEADERS,
+            finish=finish_headers,
+            is_page=is_page,
+            is_static=is_static,
+        )
     _init_cors(app)

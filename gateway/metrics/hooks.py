@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response, request
 
 from core.extensions import RedisStore
-from gateway.health import HEALTH_ENDPOINTS
+from gateway.health import is_probe
 from gateway.metrics import recorder
 
 START_ENVIRON_KEY = "gateway.metrics.start"
@@ -32,14 +32,14 @@ def _counter(shared: recorder.Recorder) -> Callable[[Response], Response]:
 
     def record(response: Response) -> Response:
         """Count every answer except health probes (probe traffic is not load)."""
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        if req.endpoint in HEALTH_ENDPOINTS:
+        if is_probe():
             return response
-        started = req.environ.get(START_ENVIRON_KEY)
+        started = request.environ.get(START_ENVIRON_KEY)
         seconds = time.perf_counter() - started if started is not None else 0.0
         # The route template (url_rule), never the raw path: label values stay bounded.
-        route = req.url_rule.rule if req.url_rule is not None else UNMATCHED_ROUTE
-        shared.request(route, req.method, response.status_code, seconds)
+        rule = request.url_rule
+        route = rule.rule if rule is not None else UNMATCHED_ROUTE
+        shared.request(route, request.method, response.status_code, seconds)
         return response
 
     return record

@@ -2,9 +2,11 @@
 
 Every gunicorn worker (and every instance) adds its own deltas to the same Redis
 hash, so /metrics and /metrics/prometheus show the whole deployment. A request
-only touches a dict under a lock; a background flusher (a greenlet under gevent
-workers, a daemon thread otherwise) writes the deltas at least every
-``FLUSH_INTERVAL`` seconds, and readers flush their own worker first. When Redis
+only touches a dict under a lock; the process's ``core.background.BackgroundLoop``
+(a greenlet under gevent workers, a daemon thread otherwise) writes the deltas at
+least every ``FLUSH_INTERVAL`` seconds, and readers flush their own worker first.
+The loop also owns fork and exit: a forked child (a preloaded worker, an RQ work
+horse) drops the deltas it inherited before it counts its own, and exit flushes. When Redis
 is down the deltas stay buffered (their size is bounded by the label sets, not
 by traffic) and are written on the next successful flush; a metrics write never
 makes a request wait or fail.
@@ -19,7 +21,6 @@ is false.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import socket
@@ -32,6 +33,7 @@ from typing import Any
 from flask import current_app, has_app_context
 
 from core import forks
+from core.background import BackgroundLoop
 from gateway.metrics import store
 
 FLUSH_INTERVAL = 1.0
@@ -54,7 +56,7 @@ def set_process_kind(kind: str) -> None:
     if kind not in PROCESS_KINDS:
         raise ValueError(f"unknown process kind {kind!r}")
     _kind = (kind, forks.pid())
-    _ensure_flusher()  # a job worker reports itself even before it records anything
+    _loop.ensure_started()  # a job worker reports itself even before it records anything
 
 
 def process_kind() -> str:
@@ -81,20 +83,17 @@ class Recorder:
         self.open_streams = 0
         self.breakers: dict[str, str] = {}
         self.started_at = time.time()
-        self.pid = forks.pid()
         self.failing = False
 
-    def _after_fork(self) -> None:
-        # A forked child (preloaded app, RQ work horse) must not re-send the parent's deltas.
-        if forks.pid() != self.pid:
-            with self.lock:
-                self.counters.clear()
-                self.sums.clear()
-                self.open_streams = 0
-                self.pid = forks.pid()
+    def forget(self) -> None:
+        """Drop the deltas and stream count (a forked child's copy of its parent's)."""
+        with self.lock:
+            self.counters.clear()
+            self.sums.clear()
+            self.open_streams = 0
 
     def add(self, counters: dict[str, int], sums: dict[str, float] | None = None) -> None:
-        self._after_fork()
+        _loop.ensure_started()  # first, so that a forked child forgets its parent's deltas
         with self.lock:
             # Plain loops: Counter.update first asks isinstance(.., Mapping), an ABC check.
             totals = self.counters
@@ -104,13 +103,11 @@ class Recorder:
                 seconds = self.sums
                 for name, value in sums.items():
                     seconds[name] = seconds.get(name, 0.0) + value
-        _ensure_flusher()
 
     def streams(self, delta: int) -> None:
-        self._after_fork()
+        _loop.ensure_started()
         with self.lock:
             self.open_streams = max(0, self.open_streams + delta)
-        _ensure_flusher()
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request by route template, method and status, with its latency."""
@@ -118,17 +115,16 @@ class Recorder:
         self.add(counters, {sum_field: max(0.0, seconds)})
 
     def breaker(self, backend: str, state: str) -> None:
-        self._after_fork()
+        _loop.ensure_started()
         with self.lock:
             self.breakers[backend] = state
-        _ensure_flusher()
 
     def process_id(self) -> str:
         return f"{socket.gethostname()}:{forks.pid()}"
 
     def flush(self, *, quiet: bool = False, heartbeat: bool = True) -> bool:
         """Write buffered deltas and this process's gauges; on failure keep them for next time."""
-        self._after_fork()
+        _loop.ensure_started()
         with self.lock:
             counters, sums = self.counters, self.sums
             self.counters, self.sums = Counter(), Counter()
@@ -159,8 +155,7 @@ class Recorder:
 # One recorder per Redis URL and process: every app of a process that talks to
 # the same Redis (tests build many) shares one buffer and one heartbeat.
 _recorders: dict[str, Recorder] = {}
-_flusher_pid: int | None = None
-_flusher_lock = threading.Lock()
+_recorders_lock = threading.Lock()
 
 
 def flush_all(*, quiet: bool = False) -> None:
@@ -169,31 +164,24 @@ def flush_all(*, quiet: bool = False) -> None:
         recorder.flush(quiet=quiet)
 
 
-def _loop() -> None:
-    while True:
-        time.sleep(FLUSH_INTERVAL)
-        flush_all()
+def _forget_all() -> None:
+    for recorder in list(_recorders.values()):
+        recorder.forget()
 
 
-def _ensure_flusher() -> None:
-    """Start the flusher lazily in each process (after gunicorn's fork, under gevent's patching)."""
-    global _flusher_pid
-    if _flusher_pid == forks.pid():
-        return
-    with _flusher_lock:
-        if _flusher_pid == forks.pid():
-            return
-        _flusher_pid = forks.pid()
-        threading.Thread(target=_loop, name="metrics-flusher", daemon=True).start()
-
-
-# Best effort at interpreter exit: Redis may already be gone, so no warning then.
-atexit.register(flush_all, quiet=True)
+_loop = BackgroundLoop(
+    "metrics-flusher",
+    FLUSH_INTERVAL,
+    flush_all,
+    # Best effort at interpreter exit: Redis may already be gone, so no warning then.
+    final=functools.partial(flush_all, quiet=True),
+    on_fork=_forget_all,
+)
 
 
 def shared(url: str, make_client: Callable[[], Any]) -> Recorder:
     """This process's recorder for the Redis at ``url`` (created on first use)."""
-    with _flusher_lock:
+    with _recorders_lock:
         if url not in _recorders:
             _recorders[url] = Recorder(make_client())
         return _recorders[url]

@@ -13,6 +13,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from auth import keys
+from gateway import create_app
+from tests.support.probes import add_probe_routes
 
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 ORIGIN = "https://console.example.com"
@@ -28,6 +30,16 @@ def assert_armoured(answer: TestResponse, csp: str | None = JSON_CSP) -> None:
     assert headers["X-Request-ID"]
     if csp:
         assert headers["Content-Security-Policy"] == csp
+
+
+@pytest.fixture
+def make_app(test_env: dict[str, str], r: object) -> Callable[..., Flask]:
+    """``make_app(RATELIMIT_ANONYMOUS="3/minute", ...)``: a testing app with probe routes."""
+
+    def make(**env: str) -> Flask:
+        return add_probe_routes(create_app({**test_env, **env}))
+
+    return make
 
 
 @pytest.fixture
