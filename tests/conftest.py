@@ -17,6 +17,7 @@ from auth.scopes import ALL_SCOPES
 from devtools.gunicorn import GunicornServer
 from devtools.redis_server import RedisServer
 from gateway import create_app
+from tests.support.probes import add_probe_routes
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +101,13 @@ def gunicorn(
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def make_app(test_env: dict[str, str], r: object) -> Callable[..., Flask]:
+    """``make_app(RATELIMIT_ANONYMOUS="3/minute", ...)``: a testing app with probe routes."""
+
+    def make(**env: str) -> Flask:
+        return add_probe_routes(create_app({**test_env, **env}))
+
+    return make

@@ -6,22 +6,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
 
 from core import forks
-from gateway import create_app
 from gateway import logging as gateway_logging
-from tests.support.probes import add_probe_routes
-
-
-@pytest.fixture
-def make_app(test_env: dict[str, str], r: object) -> Callable[..., Flask]:
-    def make(**env: str) -> Flask:
-        return add_probe_routes(create_app({**test_env, **env}))
-
-    return make
 
 
 class _Records(logging.Handler):
@@ -109,3 +100,38 @@ def test_a_forked_child_never_writes_the_lines_its_parent_held(
     assert len(batch.lines) == 1 and batch.loop.owned()
     monkeypatch.undo()
     batch.configure(0)  # writes what is held and stops batching for the next tests
+
+
+def _access_lines(err: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [line for line in lines if line["logger"] == "gateway.access"]
+
+
+def test_batched_access_lines_arrive_complete_in_order_and_atomic_sized(
+    make_app: Callable[..., Flask],
+    make_key: Callable[..., str],
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway import logging as gateway_logging
+
+    app = make_app(ACCESS_LOG_FLUSH_MS="60000")  # flushed here by size, by other lines and by hand
+    client = app.test_client()
+    headers = {"X-API-Key": make_key()}
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # the direct (batched) path
+    writes: list[str] = []
+    real_write = gateway_logging._write_stderr
+    record = lambda data: (writes.append(data), real_write(data))  # noqa: E731
+    monkeypatch.setattr(gateway_logging, "_write_stderr", record)
+    capfd.readouterr()
+    client.get("/_probe/me", headers=headers)
+    assert _access_lines(capfd.readouterr().err) == []  # held in the batch for now
+    logging.getLogger("gateway.test").warning("an event")  # another line: the batch goes first
+    err = capfd.readouterr().err.splitlines()
+    assert [json.loads(line)["logger"] for line in err] == ["gateway.access", "gateway.test"]
+    for _ in range(60):  # ~20 KB of lines: written in several batches, each atomic on a pipe
+        client.get("/_probe/me", headers=headers)
+    gateway_logging._batch.flush()
+    assert len(_access_lines(capfd.readouterr().err)) == 60
+    assert len(writes) > 3 and all(len(data.encode()) <= gateway_logging.PIPE_BUF for data in writes)
+    assert all(data.endswith("\n") for data in writes)

@@ -13,8 +13,6 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from auth import keys
-from gateway import create_app
-from tests.support.probes import add_probe_routes
 
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 ORIGIN = "https://console.example.com"
@@ -30,16 +28,6 @@ def assert_armoured(answer: TestResponse, csp: str | None = JSON_CSP) -> None:
     assert headers["X-Request-ID"]
     if csp:
         assert headers["Content-Security-Policy"] == csp
-
-
-@pytest.fixture
-def make_app(test_env: dict[str, str], r: object) -> Callable[..., Flask]:
-    """``make_app(RATELIMIT_ANONYMOUS="3/minute", ...)``: a testing app with probe routes."""
-
-    def make(**env: str) -> Flask:
-        return add_probe_routes(create_app({**test_env, **env}))
-
-    return make
 
 
 @pytest.fixture
@@ -209,3 +197,12 @@ def test_logs_are_json_and_never_hold_credentials(
     assert any(line["level"] == "ERROR" and "exc_info" in line for line in lines)  # the crash, logged
     for needle in (secret, guessed, "cookie-value-xyz", "rgw_notakeybutlookslikeone", "Bearer"):
         assert needle not in err
+
+
+@pytest.mark.parametrize("path", ["/_probe/me", "/", "/nowhere", "/_probe/page", "/_probe/stream"])
+def test_each_security_header_is_sent_exactly_once(make_app: Callable[..., Flask], path: str) -> None:
+    answer = make_app().test_client().get(path)
+    names = [name.lower() for name, _ in answer.headers]
+    for name in ("content-security-policy", "strict-transport-security", "x-content-type-options",
+                 "referrer-policy", "cache-control", "x-request-id"):  # fmt: skip
+        assert names.count(name) == 1, (path, name)

@@ -75,3 +75,26 @@ def test_revoking_or_rotating_forgets_the_key_in_the_given_cache(
 def test_without_a_cache_the_change_is_still_made(r: redis.Redis) -> None:
     record, _ = keys.create_key(r, pepper=b"p" * 32, name="n", scopes=[])
     assert management.revoke_key(r, actor=ACTOR, key_id=record["id"], cache=None)["revoked_at"]
+
+
+def test_a_key_request_is_decided_by_the_key_alone(
+    make_app: Callable[..., Flask], make_key: Callable[..., str], r: redis.Redis
+) -> None:
+    """With a key, the session cookie is not read (no Redis call for it) and a wrong key stays anonymous."""
+
+    def commands_for_two_key_requests(cookie: bool) -> int:
+        client = make_app().test_client()
+        secret = make_key()
+        client.get("/_probe/me")  # the scripts are loaded on this server before anything is counted
+        if cookie:  # shaped like a session id: reading it would cost a look-up
+            client.set_cookie("gw_session", "A" * 43)
+        r.config_resetstat()
+        assert client.get("/_probe/me", headers={"X-API-Key": secret}).get_json()["type"] == "api_key"
+        assert client.get("/_probe/me", headers={"X-API-Key": secret}).status_code == 200
+        assert client.get("/_probe/me", headers={"X-API-Key": "rgw_" + "x" * 36}).status_code == 401
+        stats = r.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_config|resetstat")
+
+    without = commands_for_two_key_requests(cookie=False)
+    assert without > 0  # the look-up and the limits did reach Redis: the count proves something
+    assert commands_for_two_key_requests(cookie=True) == without  # and the cookie added nothing
