@@ -137,6 +137,14 @@ def _transport(app: Flask) -> Transport:
     return ScriptTransport()
 
 
+def _header_appender(app: Flask) -> Any:
+    if not fastpath.enabled(app.config):
+        return None  # Werkzeug's Headers.extend
+    from gateway.fastpath.headers import append_built_headers
+
+    return append_built_headers
+
+
 class Decider:
     """Per app: how the decision reaches Redis, the worker's leases, the fallback counters."""
 
@@ -152,6 +160,7 @@ class Decider:
         self.recheck_at = 0.0  # time.monotonic() before which a degraded limiter skips Redis
         # Per-endpoint facts the Flask hook caches (exempt? any declared limits?), keyed with the view.
         self.endpoints: dict[tuple[str, str], tuple[Any, bool]] = {}
+        self.append_headers = _header_appender(app)
 
     def decide(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
         """A live lease first; then Redis; when it is unreachable, per-process counters if

@@ -260,7 +260,7 @@ def settle(response: Response) -> Response:
     if decision.breached is None:  # a 429 already carries them (built from the same decision)
         if state.conditional:
             _give_back(state, response)
-        headers.add_headers(response, decision)
+        headers.add_headers(response, decision, append=decider().append_headers)
     return response
 
 
@@ -287,6 +287,7 @@ def init_app(app: Flask) -> None:
     app.after_request(settle)
     limiter.init_app(app)
     if fastpath.enabled(app.config):
-        from gateway.fastpath.limiter import gate_middleware
+        from gateway.fastpath.limiter import gate_after, gate_middleware
 
         gate_middleware(app, limiter, _middleware_pass_decided)
+        gate_after(app, limiter)
