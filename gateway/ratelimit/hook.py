@@ -27,8 +27,8 @@ from flask import Flask, Request, Response, current_app, g, request
 from flask_limiter import ExemptionScope, Limit, Limiter
 
 from auth.access import access_for
+from auth.credentials import presented_key
 from auth.identity import Identity, current_identity
-from auth.loaders import presented_key
 from core.errors import APIError
 from core.redis import REDIS_UNAVAILABLE
 from gateway import fastpath
