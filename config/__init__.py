@@ -100,7 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
     # Failed logins per email across all IPs (credential stuffing); RATELIMIT_LOGIN is per IP.
     Setting("RATELIMIT_LOGIN_EMAIL", parse_limits, "100/hour"),
     Setting("RATELIMIT_FAIL_OPEN", parse_bool, False),
-    # Units a worker may lease at once from a limit with plenty left (gateway/leases.py); 1 = off.
+    # Units a worker may lease at once from a limit with plenty left (gateway/ratelimit/leases.py); 1 = off.
     Setting("RATELIMIT_LEASE_MAX", parse_int, 32),
     # Stream opens per identity (GET /agents/stream), on top of its own rate limit.
     Setting("RATELIMIT_STREAM_OPENS", parse_limits, "60/minute"),

@@ -1,5 +1,5 @@
 """gateway.fastpath.redis: the rate limiter's calls of one gevent turn share one pipeline,
-and each caller still gets its own reply (moved from tests/hardening/test_fast_path.py)."""
+and each caller still gets its own reply."""
 
 from __future__ import annotations
 
