@@ -376,7 +376,30 @@ def test_no_private_library_internals_outside_fastpath() -> None:
     )
 
 
+PROXIES = frozenset({"request", "g"})
+
+
+def unwrapped_proxies(module: Module, proxies: frozenset[str] = PROXIES) -> list[Violation]:
+    """``request._get_current_object()`` and the like: public, but no speed trick belongs in auth."""
+    return [
+        Violation(module.path, node.lineno, f"unwraps {node.value.id}")
+        for node in ast.walk(module.tree)
+        if isinstance(node, ast.Attribute) and _is_private(node.attr)
+        and isinstance(node.value, ast.Name) and node.value.id in proxies
+    ]  # fmt: skip
+
+
+def test_auth_does_not_unwrap_request_or_g(modules: dict[str, Module]) -> None:
+    found = [v for m in modules.values() if _top(m.name) == "auth" for v in unwrapped_proxies(m)]
+    assert not found, "auth reads request and g through their proxies:" + _listing(found)
+
+
 # --- the checkers catch what they are meant to --------------------------------------------
+
+
+def test_checker_catches_an_unwrapped_proxy() -> None:
+    planted = module_from_source("auth.access", "def f():\n    return request._get_current_object()\n")
+    assert [str(v) for v in unwrapped_proxies(planted)] == ["auth/access.py:2: unwraps request"]
 
 
 def _planted(sources: Mapping[str, str]) -> dict[str, Module]:
