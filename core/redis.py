@@ -371,13 +371,15 @@ class KEYS:
 
 
 class LuaScript:
-    """A Lua script, run through redis-py's ``register_script`` on whichever client is given:
-    EVALSHA, with the body sent only to a server that does not have it yet (NOSCRIPT)."""
+    """A Lua script, run through redis-py's ``register_script`` on whichever client is given
+    (a pipeline too): EVALSHA, with the body sent only to a server that does not have it yet
+    (NOSCRIPT: a restarted or failed-over server)."""
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.script: Any = None  # redis-py's Script, made on first use (its digest computed once)
 
     def __call__(self, r: Any, keys: list[Any], args: list[Any]) -> Any:
-        # Registering hashes the body (a few microseconds), no round trip; the Script object
-        # handles NOSCRIPT (a restarted or failed-over server) by loading the body once.
-        return r.register_script(self.source)(keys=keys, args=args)
+        if self.script is None:
+            self.script = r.register_script(self.source)
+        return self.script(keys=keys, args=args, client=r)

@@ -24,12 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis
 from flask import Flask
 from limits.storage import MemoryStorage
 
 from core.extensions import get_redis
-from core.redis import REDIS_UNAVAILABLE
+from core.redis import REDIS_UNAVAILABLE, LuaScript
 from gateway import fastpath
 from gateway.ratelimit import leases
 from gateway.ratelimit.policies import Policy
@@ -109,23 +108,19 @@ class Transport(Protocol):
 
 
 class ScriptTransport:
-    """The decision through ``register_script`` on the app's client (NOSCRIPT handled by redis-py);
-    give-backs as one pipeline of EVALs (rare, off the request path)."""
+    """The decision and the give-backs through ``core.redis.LuaScript`` on the app's client
+    (register_script: EVALSHA, NOSCRIPT handled by redis-py); give-backs in one pipeline."""
 
-    def __init__(self) -> None:
-        self.client: redis.Redis | None = None
-        self.script: Any = None
+    decide_script = LuaScript(DECIDE_LUA)
+    return_script = LuaScript(leases.RETURN_LUA)
 
     def decide(self, keys: list[str], args: list[int]) -> list[Any]:
-        client = get_redis()
-        if client is not self.client:  # first call (the client is the app's, made in init_app)
-            self.script, self.client = client.register_script(DECIDE_LUA), client
-        return self.script(keys=keys, args=args)  # type: ignore[no-any-return]
+        return self.decide_script(get_redis(), keys, args)  # type: ignore[no-any-return]
 
     def give_back(self, calls: list[tuple[list[str], list[int]]]) -> None:
         pipe = get_redis().pipeline(transaction=False)
         for keys, args in calls:
-            pipe.eval(leases.RETURN_LUA, len(keys), *keys, *args)
+            self.return_script(pipe, keys, args)
         pipe.execute()
 
 
