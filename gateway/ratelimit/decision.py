@@ -195,11 +195,8 @@ class Decider:
         taken = int(out[1])
         if taken > 1:  # a lease: this request takes one unit, the rest serve the next ones
             expiry = leases.lease_expiry(taken_at, ttls_ms)
-            spare = taken - 1
-            fresh = leases.Lease(tuple(keys), spare, counts, ttls_ms, taken_at, expiry)
-            spare += self.leases.add(policies, fresh)
-            # This request's count: what Redis holds, less the units leased but not handed out.
-            counts = tuple(count - spare for count in counts)
+            self.leases.add(policies, leases.Lease(tuple(keys), taken - 1, counts, ttls_ms, taken_at, expiry))
+            counts = tuple(count - (taken - 1) for count in counts)
         resets = tuple(ms / 1000 for ms in ttls_ms)
         return Decision(tuple(policies), counts, resets, int(out[0]) - 1 if out[0] else None, taken_at)
 

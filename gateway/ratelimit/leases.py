@@ -48,9 +48,6 @@ WINDOW_MARGIN = 0.05
 # Returning: a counter whose time-to-live is longer than expected by more than this
 # is a new window (the old one ended, or was reset), and is left alone.
 RETURN_TOLERANCE_MS = 50
-# A lease is refilled ahead: when a quarter of its units is left, or three quarters of its life gone.
-REFILL_SHARE = 4
-REFILL_AT_LIFETIME = 0.75
 
 # KEYS: the lease's counters. ARGV[1]: units to give back; ARGV[1 + i]: the time to
 # live counter i should have now if it is still the window the units came from.
@@ -80,22 +77,6 @@ class Lease:
     ttls_ms: tuple[int, ...]  # each counter's time to live at that moment
     taken_at: float  # time.monotonic()
     expires_at: float
-    refilling: bool = False  # one request is fetching the next lease already
-
-    def refill_due(self, now: float) -> bool:
-        """True once, when the lease runs low or near its end: ONE request then fetches the
-        next lease while the others go on with what is left. Refilling only when a lease ran
-        dry sent every request in flight on the worker to Redis at once, and those piled-up
-        calls were 80 % of the slowest 1 % (docs/performance.md)."""
-        if self.refilling:
-            return False
-        low = self.units <= max(1, self.units_at_start // REFILL_SHARE)
-        late = now >= self.taken_at + (self.expires_at - self.taken_at) * REFILL_AT_LIFETIME
-        self.refilling = low or late
-        return self.refilling
-
-    def __post_init__(self) -> None:
-        self.units_at_start = self.units
 
     def hand_out(self, now: float) -> tuple[tuple[int, ...], tuple[float, ...]]:
         """One unit: the counts and seconds-to-reset the request's headers describe."""
@@ -150,28 +131,24 @@ class LeaseBook:
         now = time.monotonic()
         with self.lock:
             if lease.units > 0 and now < lease.expires_at and self.live.get(policies) is lease:
-                return None if lease.refill_due(now) else lease.hand_out(now)
+                return lease.hand_out(now)
         return None
 
-    def add(self, policies: Sequence[Any], lease: Lease) -> int:
-        """Keep ``lease`` for ``policies``, with the units of a live lease of the same windows;
-        returns how many units it took over (not yet handed out, though counted in Redis).
+    def add(self, policies: Sequence[Any], lease: Lease) -> None:
+        """Keep ``lease`` for ``policies``, with the units of a live lease of the same windows.
 
-        A lease refilled ahead, and greenlets that miss at the same moment, each bring a
-        lease; merging keeps them all usable. A lease of other windows is given back at
-        the next sweep instead.
+        Greenlets that miss at the same moment each bring a lease; merging keeps them all
+        usable. A lease of other windows is given back at the next sweep instead.
         """
         self.sweeper.ensure_started()
         with self.lock:
             old = self.live.get(policies)
             self.live[policies] = lease
-            if old is None or old.units <= 0:
-                return 0
-            if time.monotonic() < old.expires_at and old.same_windows(lease):
-                lease.units += old.units
-                return old.units
-            self.ended.append(old)
-            return 0
+            if old is not None and old.units > 0:
+                if time.monotonic() < old.expires_at and old.same_windows(lease):
+                    lease.units += old.units
+                else:
+                    self.ended.append(old)
 
     def sweep(self, *, everything: bool = False) -> None:
         """Give back the unused units of every ended lease (of every lease, at exit)."""

@@ -203,25 +203,3 @@ def test_a_forked_child_never_gives_back_its_parents_leases(monkeypatch: pytest.
     monkeypatch.undo()
     book.sweep(everything=True)  # the parent itself still gives them back
     assert [lease.units for lease in given[0]] == [5]
-
-
-def test_a_lease_running_low_sends_one_request_for_the_next_while_the_others_go_on() -> None:
-    book = leases.LeaseBook(lambda spent: None)
-    now = time.monotonic()
-    policies = ("one request's policies",)
-    book.add(policies, leases.Lease(("counter",), 32, (33,), (60_000,), now, now + 60))
-    served = [book.serve(policies) for _ in range(34)]
-    misses = [i for i, unit in enumerate(served) if unit is None]
-    # One miss when a quarter is left (that request fetches the next lease), the rest of the
-    # units still served meanwhile, and a miss for every request once the lease is empty.
-    assert misses == [24, 33]
-    assert [unit[0] for unit in served if unit is not None][-1] == (33,)  # every unit handed out
-
-
-def test_a_lease_near_its_end_is_refilled_ahead_once() -> None:
-    book = leases.LeaseBook(lambda spent: None)
-    now = time.monotonic()
-    policies = ("policies",)
-    book.add(policies, leases.Lease(("counter",), 32, (33,), (60_000,), now - 0.8, now + 0.2))
-    assert book.serve(policies) is None  # three quarters of its life gone: this one refills
-    assert book.serve(policies) is not None  # the others are still served from it
