@@ -72,6 +72,16 @@ def loaded_identity() -> Identity | None:
     return g.get(IDENTITY_ATTR) if has_request_context() else None
 
 
+def admit_identity(identity: Identity | None) -> None:
+    """Record who this request is, resolved elsewhere from the presented key.
+
+    The limiter's admission step (gateway.ratelimit.admission) checks the key and every
+    limit in one Redis call; what it found is this request's identity, so that nothing
+    asks Redis about the key a second time. Only for a request presenting a key.
+    """
+    setattr(g, IDENTITY_ATTR, identity)
+
+
 def _resolve() -> Identity | None:
     if presented_key(request) is not None:
         # A key decides alone, through the request loader: Flask-Login's general path

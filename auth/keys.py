@@ -8,6 +8,11 @@ stored; the secret itself is shown once and never kept.
 Redis layout: ``gw:keys:record:<id>`` (hash, kept forever for audit),
 ``gw:keys:digest:<hmac>`` -> id (the look-up), ``gw:keys:index`` (zset of ids).
 
+Every change that can end a secret or change what a key may do (revoke, rotate,
+sweep, edit) bumps the record's ``version`` in the same transaction: workers keep
+a record for minutes and learn that it changed from the version check that rides
+on each request's one round trip (gateway.ratelimit.admission).
+
 A key has at most two live secrets: its current one (``digest``) and, for the
 grace period a rotation asked for, the one that rotation replaced
 (``prev_digest`` until ``prev_expires_ts``). The record is the authority: the
@@ -36,6 +41,8 @@ _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BODY_LENGTH = 30  # 30 base62 characters = 178 random bits
 _CHECKSUM_LENGTH = 6
 KEY_LENGTH = len(KEY_PREFIX) + _BODY_LENGTH + _CHECKSUM_LENGTH
+# The record field every change bumps (absent on records older than it: read as "0").
+VERSION_FIELD = "version"
 # Look-ups of keys revoked or expired longer ago than this are removed by sweep_expired().
 SWEEP_AFTER_DAYS = 30
 
@@ -265,6 +272,7 @@ def create_key(
         "revoked_at": "",
         "rotated_at": "",
         "created_by": created_by or "",
+        VERSION_FIELD: "1",
     }
     pipe = r.pipeline(transaction=True)
     pipe.hset(record_key(key_id), mapping=fields)
@@ -293,25 +301,42 @@ def list_keys(r: redis.Redis) -> list[dict[str, Any]]:
 # are decided inside Redis, and an unknown key runs the same commands (on an empty
 # record name), so unknown, revoked, expired and replaced secrets all come back as
 # the same nil reply after the same work: the same answer in the same time, with
-# no record on the wire. ARGV[2] is the presented digest: the record must name it
-# as its current secret or as the replaced one still within its grace.
-_LOOKUP_SCRIPT = LuaScript(
-    """
-local id = redis.call('GET', KEYS[1]) or ''
-local state = redis.call('HMGET', ARGV[1] .. id, 'revoked_at', 'expires_ts', 'digest', 'prev_digest',
-  'prev_expires_ts')
-local now = tonumber(redis.call('TIME')[1])
-local live = id ~= '' and state[1] == ''
-local expires = tonumber(state[2] or '')
-if expires and expires <= now then live = false end
-if state[3] ~= ARGV[2] then
-  local grace_end = tonumber(state[5] or '')
-  if state[4] ~= ARGV[2] or not grace_end or grace_end <= now then live = false end
+# no record on the wire. The digest must be named by the record as its current
+# secret or as the replaced one still within its grace.
+# A Lua function, so that the admission script (gateway.ratelimit.admission) can run
+# the same look-up in the same call as an unknown key's per-IP limit.
+LOOKUP_LUA = """
+local function lookup_key(digest_key, record_prefix, digest)
+  local id = redis.call('GET', digest_key) or ''
+  local state = redis.call('HMGET', record_prefix .. id, 'revoked_at', 'expires_ts', 'digest', 'prev_digest',
+    'prev_expires_ts')
+  local now = tonumber(redis.call('TIME')[1])
+  local live = id ~= '' and state[1] == ''
+  local expires = tonumber(state[2] or '')
+  if expires and expires <= now then live = false end
+  if state[3] ~= digest then
+    local grace_end = tonumber(state[5] or '')
+    if state[4] ~= digest or not grace_end or grace_end <= now then live = false end
+  end
+  if not live then return false end
+  return redis.call('HGETALL', record_prefix .. id)
 end
-if not live then return false end
-return redis.call('HGETALL', ARGV[1] .. id)
 """
-)
+_LOOKUP_SCRIPT = LuaScript(LOOKUP_LUA + "return lookup_key(KEYS[1], ARGV[1], ARGV[2])")
+
+
+def record_from_reply(flat: list[str] | None) -> dict[str, Any] | None:
+    """The record a look-up returned (HGETALL's flat list), if the app's clock agrees it is live."""
+    if not flat:
+        return None
+    record = _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
+    # Re-checked here too: the app's clock, not only Redis's, must agree the key is live.
+    return record if key_status(record) == "active" else None
+
+
+def record_version(record: dict[str, Any]) -> str:
+    """The version a record was read at (records from before versions read as "0")."""
+    return str(record.get(VERSION_FIELD) or "0")
 
 
 def lookup(r: redis.Redis, secret: str, pepper: bytes) -> dict[str, Any] | None:
@@ -321,12 +346,7 @@ def lookup(r: redis.Redis, secret: str, pepper: bytes) -> dict[str, Any] | None:
 
 def lookup_digest(r: redis.Redis, key_digest: str) -> dict[str, Any] | None:
     """:func:`lookup` for a key whose digest the caller has already computed."""
-    flat = _LOOKUP_SCRIPT(r, [digest_key(key_digest)], [record_key(""), key_digest])
-    if not flat:
-        return None
-    record = _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
-    # Re-checked here too: the app's clock, not only Redis's, must agree the key is live.
-    return record if key_status(record) == "active" else None
+    return record_from_reply(_LOOKUP_SCRIPT(r, [digest_key(key_digest)], [record_key(""), key_digest]))
 
 
 def touch(r: redis.Redis, key_id: str) -> None:
@@ -349,10 +369,11 @@ def revoke_key(r: redis.Redis, key_id: str) -> dict[str, Any] | None:
         record["revoked_at"] = now_iso()
         pipe = r.pipeline(transaction=True)
         pipe.hset(record_key(key_id), mapping={"revoked_at": record["revoked_at"], **_no_previous()})
+        pipe.hincrby(record_key(key_id), VERSION_FIELD, 1)
         if record.get("prev_digest"):
             pipe.delete(digest_key(record["prev_digest"]))
-        pipe.execute()
-        record.update(_no_previous())
+        version = pipe.execute()[1]
+        record.update(_no_previous(), **{VERSION_FIELD: str(version)})
     return record
 
 
@@ -399,6 +420,7 @@ def rotate_key(
         fields = {**_secret_fields(secret, pepper), "rotated_at": now_iso(), **previous}
         pipe.multi()
         pipe.hset(record_key(key_id), mapping=fields)
+        pipe.hincrby(record_key(key_id), VERSION_FIELD, 1)
         pipe.set(digest_key(fields["digest"]), key_id)
         if raw.get("prev_digest"):
             pipe.delete(digest_key(raw["prev_digest"]))
@@ -411,6 +433,7 @@ def rotate_key(
             pipe.execute()
         except redis.WatchError:
             raise KeyStateError(f"key {key_id} changed during rotation; try again") from None
+    fields[VERSION_FIELD] = str(int(raw.get(VERSION_FIELD) or 0) + 1)
     return _decode({**raw, **fields}), secret
 
 
@@ -435,6 +458,7 @@ def sweep_expired(r: redis.Redis, *, older_than_days: int = SWEEP_AFTER_DAYS) ->
         if record.get("prev_digest"):
             pipe.delete(digest_key(record["prev_digest"]))
         pipe.hset(record_key(record["id"]), mapping={"digest": "", **_no_previous()})
+        pipe.hincrby(record_key(record["id"]), VERSION_FIELD, 1)
         pipe.execute()
         swept += 1
     return swept

@@ -65,10 +65,16 @@ def resolve_key(secret: str) -> Identity | None:
         record = keys.lookup_digest(get_redis(), key_digest)
         if record is None:
             return None  # not cached: unknown, revoked and expired keys all pay the same look-up
-        identity = identity_from_record(record)
-        cache.put(key_digest, identity, keys.key_expires_ts(record, key_digest))
+        identity = remember_record(cache, key_digest, record)
     if cache.should_touch(identity.id):
         keys.touch(get_redis(), identity.id)
+    return identity
+
+
+def remember_record(cache: KeyCache, key_digest: str, record: dict[str, Any]) -> Identity:
+    """Cache a record just read for ``key_digest``; returns its identity."""
+    identity = identity_from_record(record)
+    cache.put(key_digest, identity, keys.key_expires_ts(record, key_digest), keys.record_version(record))
     return identity
 
 

@@ -5,9 +5,10 @@ and one made with ``POST /admin/keys`` pass the same checks and leave the same
 audit entry. Validation errors are ValueError with a sentence for a person.
 
 Revoking or rotating a key also makes the workers forget it: the one that made
-the change drops its cached look-ups at once (``cache``), every other worker of
-every instance within auth.cache.TTL_SECONDS, inside the one-second promise of
-CONTRACT section 6.
+the change drops its cached look-ups at once (``cache``); every other worker of
+every instance sees the record's new version on its next round trip for that key,
+and requests served without one (auth.cache) stop within auth.cache.FRESH_SECONDS,
+inside the one-second promise of CONTRACT section 6.
 """
 
 from __future__ import annotations

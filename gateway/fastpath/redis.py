@@ -162,19 +162,21 @@ def gevent_patched() -> bool:
 class FastTransport:
     """The rate limiter's transport (gateway.ratelimit.decision.Transport) on these shortcuts."""
 
-    def __init__(self, script: str, return_script: str) -> None:
-        self.script = script
+    def __init__(self, return_script: str) -> None:
         self.return_script = return_script
-        self.sha = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+        self.shas: dict[str, str] = {}  # script source -> its SHA-1, computed once per script
         self.connections = Connections()
         self.calls = Coalescer(self.connections, gevent_patched())
 
-    def decide(self, keys: list[str], args: list[int]) -> list[Any]:
+    def run(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        sha = self.shas.get(source)
+        if sha is None:
+            sha = self.shas[source] = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis's name
         try:
-            return self.calls.call("EVALSHA", self.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
+            return self.calls.call("EVALSHA", sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:  # first call on this server, or after a restart
-            self.connections.call("SCRIPT", "LOAD", self.script)
-            return self.connections.call("EVALSHA", self.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
+            self.connections.call("SCRIPT", "LOAD", source)
+            return self.connections.call("EVALSHA", sha, len(keys), *keys, *args)
 
     def give_back(self, calls: list[tuple[list[str], list[int]]]) -> None:
         commands = [("EVAL", self.return_script, len(keys), *keys, *args) for keys, args in calls]

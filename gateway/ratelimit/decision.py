@@ -38,40 +38,49 @@ log = logging.getLogger(__name__)
 # Failing open, how often the limiter looks whether Redis is back.
 RECHECK_SECONDS = 1.0
 
-# KEYS[i]: counter i. ARGV: cost, commit (1 = take, 0 = only look), lease_max, lease_share,
-# then amount_i, window_ms_i. Taking, it takes ``cost`` units, or a lease of up to lease_max
-# when every limit has many left (leases.py), never more than any limit has left.
+# The decision as a Lua function, so that the admission scripts (admission.py) run it in
+# the same call as their check of the caller's key. decide(k, a): the counters are
+# KEYS[k + 1 ..], and its ARGV start after ARGV[a]: cost, commit (1 = take, 0 = only
+# look), lease_max, lease_share, then amount_i, window_ms_i. Taking, it takes ``cost``
+# units, or a lease of up to lease_max when every limit has many left (leases.py),
+# never more than any limit has left.
 # Returns {breached index (0: none), units taken, count_1, pttl_1, count_2, pttl_2, ...}.
-DECIDE_LUA = """
-local cost = tonumber(ARGV[1])
-local commit = ARGV[2] == '1'
-local lease_max, share = tonumber(ARGV[3]), tonumber(ARGV[4])
-local counts, ttls, breached, spare = {}, {}, 0, nil
-for i = 1, #KEYS do
-  local amount = tonumber(ARGV[3 + 2 * i])
-  local ttl = redis.call('PTTL', KEYS[i])
-  -- A counter without expiry, or a key of another shape, is replaced rather than trusted or failed on.
-  if ttl == -1 or (ttl >= 0 and redis.call('TYPE', KEYS[i]).ok ~= 'string') then
-    redis.call('DEL', KEYS[i]); ttl = -2
+DECIDE_FUNCTION = """
+local function decide(k, a)
+  local cost = tonumber(ARGV[a + 1])
+  local commit = ARGV[a + 2] == '1'
+  local lease_max, share = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local counts, ttls, breached, spare = {}, {}, 0, nil
+  local n = #KEYS - k
+  for i = 1, n do
+    local key = KEYS[k + i]
+    local amount = tonumber(ARGV[a + 3 + 2 * i])
+    local ttl = redis.call('PTTL', key)
+    -- A counter without expiry, or a key of another shape, is replaced rather than trusted or failed on.
+    if ttl == -1 or (ttl >= 0 and redis.call('TYPE', key).ok ~= 'string') then
+      redis.call('DEL', key); ttl = -2
+    end
+    local count = 0
+    if ttl == -2 then ttl = tonumber(ARGV[a + 4 + 2 * i]) else count = tonumber(redis.call('GET', key)) end
+    counts[i], ttls[i] = count, ttl
+    if breached == 0 and count + cost > amount then breached = i end
+    if spare == nil or amount - count < spare then spare = amount - count end
   end
-  local count = 0
-  if ttl == -2 then ttl = tonumber(ARGV[4 + 2 * i]) else count = tonumber(redis.call('GET', KEYS[i])) end
-  counts[i], ttls[i] = count, ttl
-  if breached == 0 and count + cost > amount then breached = i end
-  if spare == nil or amount - count < spare then spare = amount - count end
-end
-local take = 0
-if breached == 0 and commit then
-  take = math.max(cost, math.min(lease_max, math.floor(spare / share)))
-  for i = 1, #KEYS do
-    counts[i] = redis.call('INCRBY', KEYS[i], take)
-    if counts[i] == take then redis.call('PEXPIRE', KEYS[i], ttls[i]) end
+  local take = 0
+  if breached == 0 and commit then
+    take = math.max(cost, math.min(lease_max, math.floor(spare / share)))
+    for i = 1, n do
+      counts[i] = redis.call('INCRBY', KEYS[k + i], take)
+      if counts[i] == take then redis.call('PEXPIRE', KEYS[k + i], ttls[i]) end
+    end
   end
+  local out = {breached, take}
+  for i = 1, n do out[#out + 1] = counts[i]; out[#out + 1] = ttls[i] end
+  return out
 end
-local out = {breached, take}
-for i = 1, #KEYS do out[#out + 1] = counts[i]; out[#out + 1] = ttls[i] end
-return out
 """
+# KEYS: the counters; ARGV: decide's.
+DECIDE_LUA = DECIDE_FUNCTION + "return decide(0, 0)"
 
 
 @dataclass(slots=True)  # one per request: a frozen dataclass's __init__ is slower
@@ -83,6 +92,7 @@ class Decision:
     resets: tuple[float, ...]
     breached: int | None
     taken_at: float = 0.0  # time.monotonic() of the call, for giving units back
+    checked: bool = False  # made in the call that checked the caller's key record (admission.py)
 
     def left(self) -> list[int]:
         """Each policy's remaining requests."""
@@ -102,7 +112,7 @@ class Decision:
 class Transport(Protocol):
     """How the decision reaches Redis: redis-py's public client, or gateway.fastpath.redis."""
 
-    def decide(self, keys: list[str], args: list[int]) -> list[Any]: ...
+    def run(self, source: str, keys: list[str], args: list[Any]) -> Any: ...
 
     def give_back(self, calls: list[tuple[list[str], list[int]]]) -> None: ...
 
@@ -111,11 +121,16 @@ class ScriptTransport:
     """The decision and the give-backs through ``core.redis.LuaScript`` on the app's client
     (register_script: EVALSHA, NOSCRIPT handled by redis-py); give-backs in one pipeline."""
 
-    decide_script = LuaScript(DECIDE_LUA)
     return_script = LuaScript(leases.RETURN_LUA)
 
-    def decide(self, keys: list[str], args: list[int]) -> list[Any]:
-        return self.decide_script(get_redis(), keys, args)  # type: ignore[no-any-return]
+    def __init__(self) -> None:
+        self.scripts: dict[str, LuaScript] = {}
+
+    def run(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        script = self.scripts.get(source)
+        if script is None:
+            script = self.scripts[source] = LuaScript(source)
+        return script(get_redis(), keys, args)
 
     def give_back(self, calls: list[tuple[list[str], list[int]]]) -> None:
         pipe = get_redis().pipeline(transaction=False)
@@ -128,7 +143,7 @@ def _transport(app: Flask) -> Transport:
     if fastpath.enabled(app.config):
         from gateway.fastpath.redis import FastTransport
 
-        return FastTransport(DECIDE_LUA, leases.RETURN_LUA)
+        return FastTransport(leases.RETURN_LUA)
     return ScriptTransport()
 
 
@@ -160,45 +175,98 @@ class Decider:
     def decide(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
         """A live lease first; then Redis; when it is unreachable, per-process counters if
         failing open (never for a closed policy, which is never leased either)."""
-        closed = any(p.closed for p in policies)
-        lease = commit and not closed and self.lease_max > 1
+        lease = commit and self.leasable(policies)
         if lease:
-            served = self.leases.serve(policies)
+            served = self.serve_lease(policies)
             if served is not None:
-                return Decision(tuple(policies), served[0], served[1], None)
-        fallback = self.fail_open and not closed
+                return served
+        return self.in_redis_or_memory(policies, DECIDE_LUA, [], [], commit=commit, lease=lease)
+
+    def leasable(self, policies: Sequence[Policy]) -> bool:
+        return self.lease_max > 1 and not any(p.closed for p in policies)
+
+    def serve_lease(self, policies: Sequence[Policy]) -> Decision | None:
+        """A unit from this worker's live lease of ``policies`` (no round trip), if it has one."""
+        served = self.leases.serve(policies)
+        return None if served is None else Decision(tuple(policies), served[0], served[1], None)
+
+    def in_redis_or_memory(
+        self,
+        policies: Sequence[Policy],
+        source: str,
+        keys: list[str],
+        args: list[Any],
+        *,
+        commit: bool = True,
+        lease: bool = False,
+        memory_ok: bool = True,
+    ) -> Any:
+        """``source``'s reply (see call), or, when Redis is unreachable and the policies may
+        fail open, a decision from per-process counters."""
+        fallback = memory_ok and self.fail_open and not any(p.closed for p in policies)
         # While degraded, Redis is tried again only every RECHECK_SECONDS: a stalled
         # server would otherwise cost every request its connect timeout.
         if fallback and time.monotonic() < self.recheck_at:
             return self.decide_in_memory(policies, commit=commit)
         try:
-            return self.decide_in_redis(policies, commit=commit, lease=lease)
+            return self.call(policies, source, keys, args, commit=commit, lease=lease)
         except REDIS_UNAVAILABLE:
             if not fallback:
                 raise
             self.recheck_at = time.monotonic() + RECHECK_SECONDS
             return self.decide_in_memory(policies, commit=commit)
 
-    def decide_in_redis(self, policies: Sequence[Policy], *, commit: bool, lease: bool) -> Decision:
-        lease_max = self.lease_max if commit and lease else 1
-        args: list[int] = [1, 1 if commit else 0, lease_max, leases.LEASE_SHARE]
+    def call(
+        self,
+        policies: Sequence[Policy],
+        source: str,
+        keys: list[str],
+        args: list[Any],
+        *,
+        commit: bool = True,
+        lease: bool = False,
+    ) -> Any:
+        """Run ``source`` on ``policies``' counters, placed after ``keys`` (and their ARGV after
+        ``args``). A script with keys of its own checks them first (admission.py) and
+        answers ``{1, decision...}`` when it went on to decide, else a reply of its own,
+        returned as it is; DECIDE_LUA answers the decision alone."""
+        lease_max = self.leases.wanted(policies, self.lease_max) if commit and lease else 1
+        decide_args: list[int] = [1, 1 if commit else 0, lease_max, leases.LEASE_SHARE]
         for policy in policies:
-            args += [policy.item.amount, policy.window * 1000]
-        keys = [p.redis_key for p in policies]
+            decide_args += [policy.item.amount, policy.window * 1000]
+        counters = [p.redis_key for p in policies]
         taken_at = time.monotonic()
-        out = self.transport.decide(keys, args)
+        out = self.transport.run(source, keys + counters, args + decide_args)
         if self.degraded:
             self.degraded = False
             log.warning("rate-limit storage is back: limits are shared through Redis again")
+        if keys:
+            if int(out[0]) != 1:
+                return out  # the check failed: nothing was decided
+            out = out[1:]
+        return self.decision_from(policies, counters, out, taken_at, checked=bool(keys))
+
+    def decision_from(
+        self,
+        policies: Sequence[Policy],
+        counters: list[str],
+        out: list[Any],
+        taken_at: float,
+        *,
+        checked: bool,
+    ) -> Decision:
         counts = tuple(int(c) for c in out[2::2])
         ttls_ms = tuple(int(ms) for ms in out[3::2])
         taken = int(out[1])
         if taken > 1:  # a lease: this request takes one unit, the rest serve the next ones
             expiry = leases.lease_expiry(taken_at, ttls_ms)
-            self.leases.add(policies, leases.Lease(tuple(keys), taken - 1, counts, ttls_ms, taken_at, expiry))
+            self.leases.add(
+                policies, leases.Lease(tuple(counters), taken - 1, counts, ttls_ms, taken_at, expiry)
+            )
             counts = tuple(count - (taken - 1) for count in counts)
         resets = tuple(ms / 1000 for ms in ttls_ms)
-        return Decision(tuple(policies), counts, resets, int(out[0]) - 1 if out[0] else None, taken_at)
+        breached = int(out[0]) - 1 if out[0] else None
+        return Decision(tuple(policies), counts, resets, breached, taken_at, checked)
 
     def decide_in_memory(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
         if not self.degraded:

@@ -33,7 +33,7 @@ from core.errors import APIError
 from core.redis import REDIS_UNAVAILABLE
 from gateway import fastpath
 from gateway.metrics import recorder
-from gateway.ratelimit import headers
+from gateway.ratelimit import admission, headers
 from gateway.ratelimit.backend import EXTENSION_KEY, REQUEST_STATE, STORAGE_URI, STRATEGY_NAME, decider
 from gateway.ratelimit.decision import Decider, Decision
 from gateway.ratelimit.policies import Policy, anonymous_policies, declared_policies, identity_policies
@@ -223,9 +223,20 @@ def _decide(policies: Sequence[Policy], *, commit: bool = True) -> Decision:
         if any(p.closed for p in policies):  # login stays closed, even failing open
             raise _closed_unavailable() from None
         raise
+    return _allowed(decision)
+
+
+def _allowed(decision: Decision) -> Decision:
     if decision.breached is not None:
         raise _too_many(decision)
     return decision
+
+
+def _guarded_key(req: Request) -> str | None:
+    """The key presented to a route that needs an identity (admitted in one call), else None."""
+    if req.routing_exception is not None or access_for(req.endpoint).public:
+        return None
+    return presented_key(req)
 
 
 def check_request_limit() -> None:
@@ -233,11 +244,18 @@ def check_request_limit() -> None:
     req: Request = request  # type: ignore[assignment]
     if exempt_request(req):
         return
+    declared = _declared(current_app, req)
+    secret = None if declared else _guarded_key(req)
+    if secret is not None:  # the common request: the key and its limits in one call (or a lease)
+        decision = admission.admit(secret, _of)
+        g.setdefault(SUBJECT, decision.policies[0].subject)
+        g.setdefault(SKIP_MIDDLEWARE, True)
+        g.rate_limits = RequestLimits(_allowed(decision))
+        return
     own = _identity_policies(req)
     g.setdefault(SUBJECT, own[0].subject)
     g.setdefault(SKIP_MIDDLEWARE, True)
-    declared = _declared(current_app, req)
-    if not declared:  # the common request: the identity's limits, one call (or a lease)
+    if not declared:  # the identity's limits, one call (or a lease)
         g.rate_limits = RequestLimits(_decide(own))
         return
     state = RequestLimits(Decision((), (), (), None))

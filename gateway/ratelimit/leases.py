@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 # 1/64, a limit with fewer than 128 units left is never leased (exact counting).
 LEASE_SHARE = 64
 LEASE_SECONDS = 1.0
+# A lease is taken only for policies this worker served at least this many requests of
+# in its last LEASE_SECONDS: a cold identity (a tenant doing a few requests a second)
+# would leave most of a lease unused, and giving it back costs more Redis work than the
+# lease saved. Measured with 1,000 keys cycled (docs/performance.md): leasing every key
+# cost ~10 Redis commands per request, most of them give-backs.
+HOT_REQUESTS = 8
+MAX_TRACKED = 50_000  # policy tuples whose demand is tracked (cleared when full)
 # A lease ends this long before its shortest window does, so its return finds that window.
 WINDOW_MARGIN = 0.05
 # Returning: a counter whose time-to-live is longer than expected by more than this
@@ -110,6 +117,8 @@ class LeaseBook:
 
     def __init__(self, give_back: Callable[[list[Lease]], None]) -> None:
         self.live: dict[Any, Lease] = {}
+        # policies -> [start of the current period, requests in it, requests in the previous one]
+        self.demand: dict[Any, list[float]] = {}
         self.ended: list[Lease] = []  # replaced while they still had units
         self.lock = threading.Lock()
         self.give_back = give_back
@@ -123,6 +132,24 @@ class LeaseBook:
             on_fork=self._forget,
         )
 
+    def wanted(self, policies: Sequence[Any], cap: int) -> int:
+        """Units worth asking for on this request to Redis: 1 (no lease) unless ``policies``
+        are hot here; counts the request as demand."""
+        return cap if self._count(policies, time.monotonic()) >= HOT_REQUESTS else 1
+
+    def _count(self, policies: Sequence[Any], now: float) -> int:
+        """Count one request of ``policies``; returns the larger of this period's and the last one's."""
+        seen = self.demand.get(policies)
+        if seen is None:
+            if len(self.demand) >= MAX_TRACKED:
+                self.demand.clear()
+            seen = self.demand[policies] = [now, 0, 0]
+        elif now - seen[0] >= LEASE_SECONDS:  # a new period; the last one's count is the demand
+            seen[2] = seen[1] if now - seen[0] < 2 * LEASE_SECONDS else 0
+            seen[0], seen[1] = now, 0
+        seen[1] += 1
+        return int(max(seen[1], seen[2]))
+
     def serve(self, policies: Sequence[Any]) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
         """A unit from a live lease of ``policies``, or None when there is none."""
         lease = self.live.get(policies)
@@ -131,6 +158,7 @@ class LeaseBook:
         now = time.monotonic()
         with self.lock:
             if lease.units > 0 and now < lease.expires_at and self.live.get(policies) is lease:
+                self._count(policies, now)  # demand served here still counts for the next lease's size
                 return lease.hand_out(now)
         return None
 

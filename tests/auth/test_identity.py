@@ -13,6 +13,7 @@ from auth import keys, management
 from auth.audit import Actor
 from auth.identity import current_identity, loaded_identity
 from auth.loaders import key_cache, pepper
+from gateway.ratelimit import admission
 
 ACTOR = Actor(owner="cli", name="test")
 
@@ -21,17 +22,24 @@ def test_the_identity_is_resolved_once_per_request(
     app: Flask, make_key: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    resolve = auth.loaders.resolve_key
 
-    def counting(secret: str) -> object:
-        calls.append(secret)
-        return resolve(secret)
+    def counting(original: Callable[..., object], name: str) -> Callable[..., object]:
+        def count(secret: str, *args: object) -> object:
+            calls.append(name)
+            return original(secret, *args)
 
-    monkeypatch.setattr(auth.loaders, "resolve_key", counting)
+        return count
+
+    # A guarded route's key is admitted with its limits (one call); elsewhere, resolved.
+    monkeypatch.setattr(auth.loaders, "resolve_key", counting(auth.loaders.resolve_key, "resolve"))
+    monkeypatch.setattr(admission, "admit", counting(admission.admit, "admit"))
     secret = make_key(scopes=["jobs:read"])
     # The limiter, the access guard, the view and the access line all ask.
     assert app.test_client().get("/jobs", headers={"X-API-Key": secret}).status_code == 200
-    assert calls == [secret]
+    assert calls == ["admit"]
+    calls.clear()
+    assert app.test_client().get("/", headers={"X-API-Key": secret}).status_code == 200  # public
+    assert calls == ["resolve"]
 
 
 def test_a_key_decides_alone_whatever_cookies_come_with_it(app: Flask, make_key: Callable[..., str]) -> None:

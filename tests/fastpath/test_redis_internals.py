@@ -49,7 +49,7 @@ def test_a_round_trip_by_hand_returns_what_the_client_returns(app: Flask) -> Non
 def test_the_decision_by_hand_equals_the_public_script(app: Flask, r: redis.Redis) -> None:
     keys, args = ["gw:test:guard:a", "gw:test:guard:b"], [1, 1, 1, 64, 5, 60_000, 9, 60_000]
     with app.app_context():
-        fast = FastTransport(DECIDE_LUA, RETURN_LUA).decide(keys, args)
+        fast = FastTransport(RETURN_LUA).run(DECIDE_LUA, keys, args)
         public = r.register_script(DECIDE_LUA)(keys=keys, args=args)
     assert fast[:4] == [0, 1, 1, 60_000] and public[:3] == [0, 1, 2]
     assert [fast[4], public[4]] == [1, 2]  # the second counter, once by each path

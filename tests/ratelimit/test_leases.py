@@ -45,6 +45,28 @@ def load_script(client: FlaskClient) -> None:
     client.get(ME)
 
 
+HOT = leases.HOT_REQUESTS
+
+
+def heat(client: FlaskClient, secret: str) -> None:
+    """HOT - 1 requests, each decided in Redis: the next one finds the key hot and leases."""
+    for _ in range(HOT - 1):
+        assert client.get(ME, headers=bearer(secret)).status_code == 200
+
+
+def test_a_cold_key_is_never_leased(
+    make_app: Callable[..., Flask], make_key: Callable[..., str], r: redis.Redis
+) -> None:
+    """A tenant doing a few requests a second: each is counted in Redis, nothing to give back."""
+    app = make_app()
+    client = app.test_client()
+    secret = make_key(rate_limit="100000/minute")
+    heat(client, secret)
+    assert rate_counter(r, app, secret) == HOT - 1  # no lease: one unit per request
+    assert client.get(ME, headers=bearer(secret)).status_code == 200  # now hot
+    assert rate_counter(r, app, secret) == HOT - 1 + 32
+
+
 def test_a_large_limit_is_leased_and_the_unused_units_come_back(
     make_app: Callable[..., Flask], make_key: Callable[..., str], r: redis.Redis
 ) -> None:
@@ -52,15 +74,17 @@ def test_a_large_limit_is_leased_and_the_unused_units_come_back(
     client = app.test_client()
     secret = make_key(rate_limit="100000/minute")
     load_script(client)
-    answers = [client.get(ME, headers=bearer(secret))]  # looks the key up and takes the lease
-    before = evalsha_calls(r)  # (the key look-up is a script too, and cached from here on)
+    heat(client, secret)
+    answers = [client.get(ME, headers=bearer(secret))]  # the key is hot: this one takes the lease
+    before = evalsha_calls(r)
     answers += [client.get(ME, headers=bearer(secret)) for _ in range(9)]
     remaining = [int(answer.headers["X-RateLimit-Remaining"]) for answer in answers]
     assert evalsha_calls(r) - before == 0  # one Redis decision for ten requests: the first
-    assert remaining == list(range(99_999, 99_989, -1))  # each answer still counts down by one
-    assert rate_counter(r, app, secret) == 32  # RATELIMIT_LEASE_MAX units were counted at once
+    top = 100_000 - HOT  # each answer still counts down by one
+    assert remaining == list(range(top, top - 10, -1))
+    assert rate_counter(r, app, secret) == HOT - 1 + 32  # RATELIMIT_LEASE_MAX units counted at once
     give_back_leases(app, everything=True)
-    assert rate_counter(r, app, secret) == 10  # the 22 unused ones are back: nothing lost
+    assert rate_counter(r, app, secret) == HOT - 1 + 10  # the 22 unused ones are back: nothing lost
 
 
 def test_small_limits_and_lease_max_1_count_every_request_in_redis(
@@ -94,9 +118,10 @@ def test_a_lease_is_a_small_share_of_what_is_left(
         record = keys.lookup(r, secret, pepper(app))
         assert record is not None
         r.set(counter_key(f"key:{record['id']}", "rate", 10000, 60), used, px=60_000)
+    heat(client, secret)
     client.get(ME, headers=bearer(secret))
     # min(LEASE_MAX, left // LEASE_SHARE), at least the request's own unit.
-    assert rate_counter(r, app, secret) == used + expected_take
+    assert rate_counter(r, app, secret) == used + HOT - 1 + expected_take
 
 
 def test_a_lease_never_serves_past_its_lifetime(
@@ -110,15 +135,14 @@ def test_a_lease_never_serves_past_its_lifetime(
     client = app.test_client()
     secret = make_key(rate_limit="100000/minute")
     load_script(client)
-    client.get(ME, headers=bearer(secret))
+    heat(client, secret)
+    client.get(ME, headers=bearer(secret))  # takes a lease of 32
     time.sleep(0.1)
-    # The next lease lives long enough not to end too on a loaded machine before the check.
-    monkeypatch.setattr(leases, "LEASE_SECONDS", 5.0)
     before = evalsha_calls(r)
     client.get(ME, headers=bearer(secret))
     assert evalsha_calls(r) - before == 1  # the old lease had ended: Redis decided again
     give_back_leases(app)
-    assert rate_counter(r, app, secret) == 2 + 31  # the ended lease's 31 units came back
+    assert rate_counter(r, app, secret) == HOT + 1  # the ended lease's 31 units came back
 
 
 def test_units_never_go_back_to_a_later_window(
@@ -126,7 +150,9 @@ def test_units_never_go_back_to_a_later_window(
 ) -> None:
     app = make_app()
     secret = make_key(rate_limit="100000/minute")
-    app.test_client().get(ME, headers=bearer(secret))
+    client = app.test_client()
+    heat(client, secret)
+    client.get(ME, headers=bearer(secret))  # takes a lease
     record = keys.lookup(r, secret, pepper(app))
     assert record is not None
     counter = counter_key(f"key:{record['id']}", "rate", 100000, 60)
@@ -179,15 +205,15 @@ def test_batched_access_lines_and_leases_are_flushed_by_a_graceful_stop(
     server = gunicorn(workers=1, env={"ACCESS_LOG_FLUSH_MS": "600000"})
     secret = make_key(rate_limit="100000/minute")
     with requests.Session() as session:
-        for _ in range(5):
+        for _ in range(HOT + 4):
             assert session.get(server.url + "/auth/me", headers=bearer(secret), timeout=10).status_code == 200
-    assert rate_counter(r, app, secret) == 32  # one lease, 27 units unused
+    assert rate_counter(r, app, secret) == HOT - 1 + 32  # one lease, 27 units unused
     assert server.log_path is not None
     log_path = server.log_path
     server.stop()  # SIGTERM: gunicorn's graceful shutdown runs the worker's exit handlers
     lines = [line for line in log_path.read_text().splitlines() if '"gateway.access"' in line]
-    assert len([line for line in lines if '"/auth/me"' in line]) == 5
-    assert rate_counter(r, app, secret) == 5  # the unused units went back at exit
+    assert len([line for line in lines if '"/auth/me"' in line]) == HOT + 4
+    assert rate_counter(r, app, secret) == HOT + 4  # the unused units went back at exit
 
 
 def test_a_forked_child_never_gives_back_its_parents_leases(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -105,9 +105,12 @@ def test_changing_a_keys_limit_starts_a_counter_of_its_own(
         assert client.get(ME, headers=headers).status_code == 200
     record = keys.lookup(r, secret, pepper(app))
     assert record is not None
-    r.hset(keys.record_key(record["id"]), "rate_limit", "4/minute")
-    time.sleep(0.6)  # the per-process key cache holds look-ups for half a second
-    answer = client.get(ME, headers=headers)
+    # An edit, as every change of a record is made: the fields and a new version, together.
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(keys.record_key(record["id"]), "rate_limit", "4/minute")
+    pipe.hincrby(keys.record_key(record["id"]), keys.VERSION_FIELD, 1)
+    pipe.execute()
+    answer = client.get(ME, headers=headers)  # at once: the worker's next call sees the new version
     assert answer.status_code == 200
     assert answer.headers["X-RateLimit-Limit"] == "4"
     # A counter is named by its policy (kind, amount, window): 4/minute is a new policy.
