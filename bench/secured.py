@@ -15,9 +15,11 @@ scope-checked, rate- and quota-checked, and carries the full security and
 rate-limit headers and an access log line. ``POST /events`` sends a small valid
 event (CONTRACT.md) with the same key.
 
-``--tenants 1,100,1000`` adds the many-keys case (bench/tenants.py): for each N,
-N keys with a 600/minute limit, cycled round-robin, measured against bare in
-paired rounds, with the Redis commands per request.
+``--tenants 1,100,1000,10000`` adds the many-keys case (bench/tenants.py): for each
+N, N keys with a 600/minute limit, cycled round-robin, measured against bare in
+paired rounds, with the Redis commands and script calls (round trips) per request.
+``--stored 100000`` then stores that many keys, reports Redis memory per key, and
+measures 1,000 of them cycled.
 
 Load generator: ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``). Without it, a
 built-in generator (threads holding keep-alive connections) is used; its own
@@ -108,10 +110,13 @@ class Bench:
         self.log_offset += len(complete)
         return [d for d in map(_duration, complete.splitlines()) if d is not None]
 
-    def commands_processed(self) -> int:
+    def commands_processed(self) -> tuple[int, int]:
+        """Redis's count of commands (those scripts run included) and of script calls."""
         client = redis.Redis.from_url(self.redis_url)
         try:
-            return int(client.info("stats")["total_commands_processed"])
+            stats = client.info("commandstats")
+            scripts = sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+            return int(client.info("stats")["total_commands_processed"]), scripts
         finally:
             client.close()
 
@@ -121,7 +126,11 @@ class Bench:
         cpu_before, commands_before = _cpu_seconds(pids), self.commands_processed()
         self.access_durations()  # skip what earlier loads wrote
         result = self.load(target, self.args.duration, self.args.connections)
-        cpu, commands = _cpu_seconds(pids) - cpu_before, self.commands_processed() - commands_before
+        commands_after = self.commands_processed()
+        cpu = _cpu_seconds(pids) - cpu_before
+        commands, scripts = (
+            after - before for after, before in zip(commands_after, commands_before, strict=True)
+        )
         served = max(result.requests, 1)
         in_app = self.access_durations() if server is self.gateway else []
         return {
@@ -133,8 +142,10 @@ class Bench:
             f"{name}_p99_ms": result.p99_ms,
             # Server-side CPU (gunicorn + Redis) per request, in microseconds.
             f"{name}_cpu_us": cpu / served * 1e6,
-            # Less the INFO call itself.
-            f"{name}_redis_commands": (commands - 1) / served,
+            # Less the two INFO calls themselves.
+            f"{name}_redis_commands": (commands - 2) / served,
+            # Script calls: on the secured hot path, its Redis round trips (one per call).
+            f"{name}_redis_scripts": scripts / served,
         }
 
 
@@ -267,6 +278,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="also measure N distinct keys (600/minute each) cycled round-robin, for each N",
     )
     parser.add_argument(
+        "--stored",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also store N keys, report Redis memory per key, and measure 1,000 of them cycled",
+    )
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
@@ -289,7 +307,7 @@ def _print(report: Mapping[str, object]) -> None:
     for name, value in report.items():
         if name not in ("round_details", "tenants"):
             print(f"{name:>34}: {value}")
-    for tenants in report.get("tenants", []):  # type: ignore[attr-defined]
+    for tenants in [*report.get("tenants", []), *filter(None, [report.get("stored")])]:  # type: ignore[list-item]
         print("tenants " + ", ".join(f"{k}={v}" for k, v in tenants.items() if k != "round_details"))
 
 
@@ -324,6 +342,8 @@ def _run(args: argparse.Namespace, env: dict[str, str], redis_pid: int, work: Pa
         report = _report(args, "wrk" if use_wrk else "python", _rounds(bench, key))
         if args.tenants:
             report["tenants"] = [tenants.measure(bench, env, n) for n in args.tenants]
+        if args.stored:
+            report["stored"] = tenants.measure_stored(bench, env, args.stored)
         return report
     finally:
         for server in servers:

@@ -79,6 +79,32 @@ def measure(bench: Bench, env: Mapping[str, str], count: int) -> dict[str, objec
     seconds = (args.rounds + 1) * args.duration  # the rounds and the warm-up
     limit = tenant_limit(count, seconds)
     secrets = create_keys(env, count, rate_limit=f"{limit}/minute")
+    return {"tenants": count, "tenant_limit": f"{limit}/minute", **_measure_keys(bench, secrets)}
+
+
+def measure_stored(
+    bench: Bench, env: Mapping[str, str], stored: int, cycled: int = 1000
+) -> dict[str, object]:
+    """With ``stored`` more keys in Redis: memory per key, and ``cycled`` of them measured."""
+    used_before = _used_memory(bench.redis_url)
+    secrets = create_keys(env, stored, rate_limit=f"{TENANT_LIMIT_PER_MINUTE}/minute")
+    per_key = (_used_memory(bench.redis_url) - used_before) / stored
+    row = _measure_keys(bench, secrets[:cycled])
+    return {"stored_keys": stored, "redis_bytes_per_key": round(per_key), "tenants": cycled, **row}
+
+
+def _used_memory(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
+
+
+def _measure_keys(bench: Bench, secrets: list[str]) -> dict[str, object]:
+    args = bench.args
     bare = loads.Target(f"http://127.0.0.1:{bench.bare.port}/", keys=secrets)
     secured = loads.Target(f"http://127.0.0.1:{bench.gateway.port}/auth/me", keys=secrets)
     # Warm-up: every worker sees (most) keys once, as a steady state would have them cached.
@@ -89,8 +115,6 @@ def measure(bench: Bench, env: Mapping[str, str], count: int) -> dict[str, objec
         return round(statistics.median(row[field] for row in rows), 3)
 
     return {
-        "tenants": count,
-        "tenant_limit": f"{limit}/minute",
         "bare_median_rps": round(median("bare_rps")),
         "secured_median_rps": round(median("secured_rps")),
         "ratio": median("ratio"),
@@ -98,6 +122,7 @@ def measure(bench: Bench, env: Mapping[str, str], count: int) -> dict[str, objec
         "secured_p99_ms": median("secured_p99_ms"),
         "p99_ratio": median("p99_ratio"),
         "redis_commands_per_request": median("secured_redis_commands"),
+        "redis_round_trips_per_request": median("secured_redis_scripts"),
         **(
             {"secured_in_app_p99_ms": median("secured_in_app_p99_ms")}
             if "secured_in_app_p99_ms" in rows[0]
