@@ -164,3 +164,27 @@ def test_a_rotated_keys_old_secret_works_through_its_grace(
     # Two rotations: the first secret ended with the second rotation, the second is in its grace.
     assert client.get(ME, headers=bearer(old)).status_code == 401
     assert client.get(ME, headers=bearer(new)).status_code == 200
+
+
+def test_metrics_ride_in_batches_not_per_request(
+    make_app: Callable[..., Flask], make_key: Callable[..., str], r: redis.Redis
+) -> None:
+    """With metrics on, a request still makes its one call; counters go out about once a second."""
+    client = make_app().test_client()
+    secrets = [make_key() for _ in range(100)]
+    for secret in secrets:
+        assert client.get(ME, headers=bearer(secret)).status_code == 200
+    started, served = time.monotonic(), 0
+    with round_trips(r) as seen:
+        while time.monotonic() - started < 2.5:  # long enough for the background flush to run
+            assert client.get(ME, headers=bearer(secrets[served % 100])).status_code == 200
+            served += 1
+    elapsed = time.monotonic() - started
+    calls = [c for c in seen if c.startswith("EVALSHA ")]
+    others = [c for c in seen if not c.startswith("EVALSHA ")]
+    assert len(calls) == served
+    # The rest is the metrics flush: one MULTI ... EXEC of the worker's deltas, whatever the
+    # traffic (and the name its own connection gives itself, once).
+    flush = [c for c in others if c != "CLIENT SETNAME gateway"]
+    assert all("gw:metrics:" in c or c in ("MULTI", "EXEC") for c in flush), flush[:5]
+    assert 1 <= others.count("EXEC") <= elapsed + 2
