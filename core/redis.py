@@ -463,6 +463,49 @@ def replicated(r: Any) -> Iterator[None]:
         pool.durable.release(conn)
 
 
+def primaries(r: Any) -> dict[str, Any]:
+    """What /readyz reports beside its write: the topology and each primary's reachability.
+
+    Standalone: the one server (reachable is the readiness write's verdict, set by the
+    caller). Sentinel: the primary the sentinels name now, and how many sentinels answer.
+    Cluster: every primary of the slot map, each PINGed. Never a password or a URL."""
+    target = getattr(r, "gw_target", None)
+    if target is None or target.topology not in (SENTINEL, CLUSTER):
+        hosts = target.hosts if target is not None else ()
+        return {"topology": "standalone", "primaries": [{"address": _address(h)} for h in hosts]}
+    if target.topology == CLUSTER:
+        return {"topology": CLUSTER, "primaries": [_node(r, node) for node in r.get_primaries()]}
+    manager = r.connection_pool.sentinel_manager
+    answering = sum(_pings(sentinel) for sentinel in manager.sentinels)
+    report: dict[str, Any] = {"topology": SENTINEL, "master": target.master}
+    report["sentinels"] = {"configured": len(manager.sentinels), "reachable": answering}
+    try:
+        report["primaries"] = [{"address": _address(manager.discover_master(target.master))}]
+    except redis.RedisError as exc:  # MasterNotFoundError: no sentinel names a primary
+        report["primaries"] = []
+        report["error"] = type(exc).__name__
+    return report
+
+
+def _address(host_port: tuple[str, int]) -> str:
+    return f"{host_port[0]}:{host_port[1]}"
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def _node(r: Any, node: Any) -> dict[str, Any]:
+    try:
+        reachable = bool(r.ping(target_nodes=node))
+    except redis.RedisError:
+        reachable = False
+    return {"address": _address((node.host, node.port)), "reachable": reachable}
+
+
 def acknowledged(fn: Callable[..., T]) -> Callable[..., T]:
     """Run ``fn(r, ...)`` inside :func:`replicated` on its first argument, its Redis client:
     for functions whose every write is one the gateway acknowledges."""
