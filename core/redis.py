@@ -130,7 +130,11 @@ class _FaultAware:
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if self.stale:
             self.disconnect()  # type: ignore[attr-defined]
-            self._epoch = self.primary_epoch[0]  # the connect() inside send belongs to this epoch
+            self._epoch = self.primary_epoch[0]  # the connect() below belongs to this epoch
+        # Connect through connect() (a no-op when connected): redis-py 7.4's own send
+        # reconnects with connect_check_health(), which for a Sentinel connection skips
+        # asking the sentinels, so a retry after READONLY went back to the demoted primary.
+        self.connect()  # type: ignore[attr-defined]
         super().send_packed_command(command, check_health)  # type: ignore[misc]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:

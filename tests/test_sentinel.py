@@ -139,7 +139,8 @@ class Poster(threading.Thread):
     def run(self) -> None:
         with requests.Session() as session:
             while self.running:
-                self.answers.append((time.monotonic(), *self.post(session)))
+                status, body = self.post(session)
+                self.answers.append((time.monotonic(), status, body))  # when the answer came
 
     def post(self, session: requests.Session) -> tuple[int, dict[str, Any]]:
         body = {"event_type": "flow", "data": {"n": len(self.answers)}}
@@ -207,7 +208,7 @@ def test_failover_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None
         present = _all_event_ids(server.url, headers)
         lost = acknowledged - present
         print(
-            f"\nfailover: promotion {promoted:.2f} s after SIGKILL; first acknowledged write "
+            f"\nfailover: sentinels all agree {promoted:.2f} s after SIGKILL; first acknowledged write "
             f"{first_after - killed:.2f} s after it (gap {first_after - last_before:.2f} s); "
             f"{statuses.count(503)} answers 503, {statuses.count(201)} acknowledged "
             f"({len(answers)} posts), {len(lost)} acknowledged events missing afterwards"
@@ -243,5 +244,34 @@ def test_the_client_follows_a_promotion_without_a_restart(tmp_path: Path) -> Non
                 time.sleep(0.1)
         assert client.get("before") == "1"
         assert client.connection_pool.master_address == ("127.0.0.1", topology.replicas[0].port)
+    finally:
+        topology.stop()
+
+
+def test_a_demoted_primary_loses_every_pooled_connection(tmp_path: Path) -> None:
+    """A graceful failover turns the primary into a replica: the first READONLY (which
+    redis-py's Sentinel connection reports as a ConnectionError) closes the pool's other
+    sockets to it too, and the write itself goes to the new primary on redis-py's retry."""
+    from core.redis import create_redis
+
+    topology = start_sentinel_set(tmp_path / "set")
+    try:
+        client = create_redis(topology.url)
+        pool = client.connection_pool
+        held = [pool.get_connection() for _ in range(4)]  # four sockets to the primary
+        for conn in held:
+            pool.release(conn)
+        old = redis.Redis(port=topology.primary.port, decode_responses=True)
+        assert len(old.client_list(_type="normal")) >= 4
+        with topology.sentinels[0].client() as sentinel:
+            sentinel.execute_command("SENTINEL", "FAILOVER", "gwmaster")
+        topology.wait_sentinels_agree(topology.replicas[0].port)
+        # The sentinels demote the old primary within some seconds; done here at once.
+        old.replicaof("127.0.0.1", topology.replicas[0].port)
+        client.set("after", "1")  # READONLY on an old socket, then the retry on the new primary
+        assert redis.Redis(port=topology.replicas[0].port).get("after") == b"1"
+        names = [c.get("name") for c in old.client_list(_type="normal")]
+        assert "gateway" not in names, names
+        old.close()
     finally:
         topology.stop()
