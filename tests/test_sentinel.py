@@ -275,3 +275,30 @@ def test_a_demoted_primary_loses_every_pooled_connection(tmp_path: Path) -> None
         old.close()
     finally:
         topology.stop()
+
+
+def test_a_job_runs_through_a_worker_on_the_sentinel_set(sentinels: SentinelSet) -> None:
+    app = _app(sentinels.url, REDIS_WAIT_REPLICAS="1")
+    client = app.test_client()
+    headers = _key(app)
+    queued = client.post("/jobs", json={"name": "agent.run", "args": {"prompt": "hi"}}, headers=headers)
+    assert queued.status_code == 202
+    result = app.test_cli_runner().invoke(args=["jobs", "worker", "--burst"])
+    assert result.exit_code == 0, result.output
+    job = client.get(f"/jobs/{queued.get_json()['job_id']}", headers=headers).get_json()
+    assert job["status"] == "finished", job
+
+
+def test_jobs_redis_url_puts_the_queue_on_its_own_redis(
+    sentinels: SentinelSet, redis_url: str, r: redis.Redis
+) -> None:
+    app = _app(redis_url, JOBS_REDIS_URL=sentinels.url)
+    client = app.test_client()
+    headers = _key(app)
+    queued = client.post("/jobs", json={"name": "agent.run", "args": {"prompt": "hi"}}, headers=headers)
+    assert queued.status_code == 202
+    job_id = queued.get_json()["job_id"]
+    primary = redis.Redis(port=sentinels.primary.port)
+    assert primary.exists(f"rq:job:{job_id}") and not r.exists(f"rq:job:{job_id}")
+    assert client.get(f"/jobs/{job_id}", headers=headers).status_code == 200
+    primary.close()
