@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis import exceptions as rex
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
@@ -388,8 +388,11 @@ def _sentinel_pool(target: RedisTarget, options: dict[str, Any]) -> _SentinelPoo
     auth = {"username": target.username, "password": target.password}
     auth = {k: v for k, v in auth.items() if v}
     tls = {"ssl": True} if target.tls else {}
-    # The sentinels get the same short timeouts: a dead sentinel must not hold a request.
+    # The sentinels get the same short timeouts and no retry: a dead sentinel must not hold
+    # a request (redis-py's default retries 3 times with backoffs of seconds), the next
+    # sentinel is asked instead.
     asking = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
+    asking["retry"] = Retry(NoBackoff(), retries=0)
     sentinel = Sentinel(list(target.hosts), sentinel_kwargs={**asking, **auth, **tls})
     client = sentinel.master_for(
         target.master, connection_pool_class=_SentinelPool, db=target.db, **auth, **tls, **options

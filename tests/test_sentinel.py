@@ -302,3 +302,21 @@ def test_jobs_redis_url_puts_the_queue_on_its_own_redis(
     assert primary.exists(f"rq:job:{job_id}") and not r.exists(f"rq:job:{job_id}")
     assert client.get(f"/jobs/{job_id}", headers=headers).status_code == 200
     primary.close()
+
+
+def test_a_dead_sentinel_costs_no_wait(tmp_path: Path) -> None:
+    """The sentinels are asked in turn, each once, with the short timeouts."""
+    from core.redis import create_redis, primaries
+
+    topology = start_sentinel_set(tmp_path / "set")
+    try:
+        topology.sentinels[0].stop()
+        client = create_redis(topology.url)
+        started = time.monotonic()
+        client.set("k", "1")  # a new connection: the primary is asked of the sentinels
+        report = primaries(client)
+        assert time.monotonic() - started < 1.0
+        assert report["sentinels"] == {"configured": 3, "reachable": 2}
+        assert report["primaries"] == [{"address": f"127.0.0.1:{topology.primary.port}"}]
+    finally:
+        topology.stop()
