@@ -320,3 +320,40 @@ def test_a_dead_sentinel_costs_no_wait(tmp_path: Path) -> None:
         assert report["primaries"] == [{"address": f"127.0.0.1:{topology.primary.port}"}]
     finally:
         topology.stop()
+
+
+def test_wait_runs_on_the_connection_of_the_writes(sentinels: SentinelSet) -> None:
+    """MONITOR names each command's client socket: the script, the MULTI block and the WAIT
+    of one replicated() block all come from one, and a write outside it from another."""
+    from core.redis import create_redis, replicated
+
+    client = create_redis(sentinels.url, wait_replicas=1)
+    client.ping()
+    entries: list[dict[str, Any]] = []
+    with redis.Redis(port=sentinels.primary.port, decode_responses=True).monitor() as monitor:
+        with replicated(client):
+            client.eval("return redis.call('SET', KEYS[1], 'v')", 1, "wait:script")
+            with client.pipeline(transaction=True) as pipe:
+                pipe.set("wait:multi", "1").incr("wait:count").execute()
+        client.set("wait:outside", "1")
+        for entry in monitor.listen():
+            if entry.get("client_type") != "lua":  # a script's own commands name no socket
+                entries.append(entry)
+            if "wait:outside" in entry["command"]:
+                break
+    socket = {e["command"].split(" ", 1)[0]: (e["client_address"], e["client_port"]) for e in entries}
+    ours = [
+        e for e in entries if e["command"].split(" ", 1)[0] in ("EVAL", "MULTI", "INCRBY", "EXEC", "WAIT")
+    ]
+    assert {e["command"].split(" ", 1)[0] for e in ours} == {"EVAL", "MULTI", "INCRBY", "EXEC", "WAIT"}
+    assert len({(e["client_address"], e["client_port"]) for e in ours}) == 1, ours
+    assert socket["WAIT"] != (entries[-1]["client_address"], entries[-1]["client_port"])
+    client.close()
+
+
+def test_no_wait_is_sent_by_default(client: FlaskClient, auth_headers: Any, r: redis.Redis) -> None:
+    """REDIS_WAIT_REPLICAS=0: an acknowledged write costs no extra command."""
+    before = r.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
+    headers = auth_headers("events:write")
+    assert client.post("/events", json={"event_type": "x"}, headers=headers).status_code == 201
+    assert r.info("commandstats").get("cmdstat_wait", {}).get("calls", 0) == before
