@@ -162,6 +162,7 @@ def _all_event_ids(base: str, headers: dict[str, str]) -> set[str]:
         after = events[-1]["event_id"]
 
 
+@pytest.mark.gunicorn
 def test_failover_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
     topology = start_sentinel_set(tmp_path / "set")
     env = {
