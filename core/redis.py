@@ -30,6 +30,11 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 from config.redis_url import CLUSTER, SENTINEL, RedisTarget, parse_redis_target
 from core.background import BackgroundLoop
 
+try:  # gevent's dependency; the gateway's workers run on greenlets
+    from greenlet import getcurrent as _current_task
+except ImportError:  # pragma: no cover - threads only
+    _current_task = threading.current_thread  # type: ignore[assignment]
+
 T = TypeVar("T")
 
 
@@ -191,15 +196,23 @@ class _FaultAwarePool(redis.BlockingConnectionPool):
         super().release(connection)
 
 
-class _Pins(threading.local):
-    """The connection each pool has pinned for this thread (greenlet-local under gevent,
-    whose monkey-patching gunicorn's worker applies before any pool exists)."""
+class _Pins:
+    """The connection each pool has pinned, per thread of control: a greenlet under gevent
+    (each OS thread also runs in a greenlet of its own). Keyed by the running greenlet
+    itself rather than a ``threading.local``, which is greenlet-local only when gevent
+    patched it before this module was imported."""
 
     def __init__(self) -> None:
-        self.by_pool: dict[int, Any] = {}
+        self.by_task: dict[tuple[int, int], Any] = {}
 
     def get(self, pool: Any) -> Any:
-        return self.by_pool.get(id(pool)) if self.by_pool else None
+        return self.by_task.get((id(pool), id(_current_task()))) if self.by_task else None
+
+    def pin(self, pool: Any, conn: Any) -> None:
+        self.by_task[(id(pool), id(_current_task()))] = conn
+
+    def unpin(self, pool: Any) -> None:
+        del self.by_task[(id(pool), id(_current_task()))]
 
 
 _pins = _Pins()
@@ -460,11 +473,11 @@ def replicated(r: Any) -> Iterator[None]:
     try:
         conn.make_current()
         opened = conn.gw_connects
-        _pins.by_pool[id(pool)] = conn
+        _pins.pin(pool, conn)
         try:
             yield
         finally:
-            del _pins.by_pool[id(pool)]
+            _pins.unpin(pool)
         _wait(conn, policy, opened)
     finally:
         pool.durable.release(conn)

@@ -358,3 +358,28 @@ def test_no_wait_is_sent_by_default(client: FlaskClient, auth_headers: Any, r: r
     headers = auth_headers("events:write")
     assert client.post("/events", json={"event_type": "x"}, headers=headers).status_code == 201
     assert r.info("commandstats").get("cmdstat_wait", {}).get("calls", 0) == before
+
+
+def test_each_thread_pins_its_own_connection(sentinels: SentinelSet) -> None:
+    """Two blocks at once, in two threads: each runs on its own socket from start to WAIT."""
+    from core.redis import create_redis, replicated
+
+    client = create_redis(sentinels.url, wait_replicas=1)
+    inside = threading.Barrier(2, timeout=5)
+    ids: dict[str, list[int]] = {}
+
+    def block(name: str) -> None:
+        with replicated(client):
+            first = client.client_id()
+            inside.wait()  # both threads are inside a block now
+            client.set(f"pin:{name}", name)
+            ids[name] = [first, client.client_id()]
+
+    threads = [threading.Thread(target=block, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert ids["a"][0] == ids["a"][1] and ids["b"][0] == ids["b"][1]
+    assert ids["a"][0] != ids["b"][0]
+    client.close()
