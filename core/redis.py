@@ -195,6 +195,13 @@ class _FaultAwarePool(redis.BlockingConnectionPool):
             connection.disconnect()
         super().release(connection)
 
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        # The WAIT pool leads to the same server: closed with this one (a client's close,
+        # a READONLY, the Sentinel pool's change of primary).
+        super().disconnect(inuse_connections)
+        if self.durable is not None:
+            self.durable.disconnect(inuse_connections)
+
 
 class _Pins:
     """The connection each pool has pinned, per thread of control: a greenlet under gevent
@@ -443,12 +450,6 @@ def redis_from_config(config: Any, *, url_setting: str = "REDIS_URL", **extra: A
         wait_timeout_ms=config.get("REDIS_WAIT_TIMEOUT_MS", 500),
         **extra,
     )
-
-
-def topology(r: Any) -> str:
-    """standalone, sentinel or cluster: what the client was built for."""
-    target = getattr(r, "gw_target", None)
-    return target.topology if target is not None else "standalone"
 
 
 @contextlib.contextmanager
