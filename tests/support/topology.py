@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -179,7 +180,25 @@ def start_sentinel_set(directory: Path, replicas: int = 1) -> SentinelSet:
         pytest.skip(f"could not start a Sentinel set: {exc}")
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and below 65536 too."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class ClusterNodeServer(RedisServer):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, _cluster_port())
+
     def command(self) -> list[str]:
         conf = str(self.directory / "nodes.conf")
         return [*super().command(), "--cluster-enabled", "yes", "--cluster-config-file", conf]
@@ -226,9 +245,11 @@ def start_cluster(directory: Path) -> SmallCluster:
         find_redis_server()
     except RedisServerNotFound as exc:
         pytest.skip(str(exc))
-    cluster = SmallCluster(directory)
+    cluster: SmallCluster | None = None
     try:
+        cluster = SmallCluster(directory)
         return cluster.start()
     except (RuntimeError, subprocess.SubprocessError) as exc:
-        cluster.stop()
+        if cluster is not None:
+            cluster.stop()
         pytest.skip(f"could not start a Redis cluster: {exc}")
