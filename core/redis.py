@@ -542,3 +542,35 @@ class LuaScript:
         if self.script is None:
             self.script = r.register_script(self.source)
         return self.script(keys=keys, args=args, client=r)
+
+
+def create_cluster_client(
+    nodes: list[tuple[str, int]],
+    *,
+    socket_timeout: float = 0.5,
+    connect_timeout: float = 0.5,
+    max_connections: int = 200,
+    decode_responses: bool = True,
+    **extra: Any,
+) -> RedisCluster:
+    """A Redis Cluster client with the same bounded waits as :func:`create_redis`.
+
+    redis-py follows MOVED/ASK itself and maps the cluster again after a failover; its bounded
+    retry (two, with a short backoff) bounds how long a request waits for a promoted replica
+    before the error (a 503) reaches it. The URL form (``redis+cluster://``) is parsed by
+    config (the Sentinel/URL work); this takes its nodes.
+    """
+    from redis.cluster import ClusterNode
+
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        # Retries of a command that met a connection error, a timeout or CLUSTERDOWN, each after
+        # redis-py mapped the cluster again (redis-py 6+: no cluster_error_retry_attempts).
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=2),
+        max_connections=max_connections,
+        decode_responses=decode_responses,
+        client_name="gateway",
+        **extra,
+    )

@@ -85,7 +85,10 @@ def test_migrate_keys_moves_an_old_store_and_is_idempotent(
     assert re.search(r"moved (\d+) keys", result.output)
     assert int(re.search(r"moved (\d+) keys", result.output).group(1)) >= 10  # type: ignore[union-attr]
 
-    assert client.get("/events", headers=headers).get_json()["events"][0]["event_id"] == posted.get_json()["event_id"]
+    assert (
+        client.get("/events", headers=headers).get_json()["events"][0]["event_id"]
+        == posted.get_json()["event_id"]
+    )
     replay = client.post("/events", json={"event_type": "order.created"}, headers=idem)
     assert replay.get_json()["event_id"] == posted.get_json()["event_id"]  # the Idempotency-Key moved too
     assert users.get_user_by_email(r, "ops@example.com")["id"] == user["id"]
