@@ -189,3 +189,33 @@ def test_a_primary_killed_mid_traffic_gives_503s_not_500s_and_recovers(
     )
     assert [s for _, s in after[-5:]] == [200] * 5, "no recovery within 30 s"
     assert recovery < 30
+
+
+def test_an_agent_stream_on_the_cluster(
+    client: FlaskClient, bearer: Callable[..., tuple[str, dict[str, str]]]
+) -> None:
+    _, headers = bearer()
+    session = client.post("/agents/session", headers=headers).get_json()["session_id"]
+    body = {"session_id": session, "role": "user", "content": "What is the weather like?"}
+    assert client.post("/agents/message", json=body, headers=headers).status_code == 200
+    response = client.get(f"/agents/stream?session_id={session}", headers=headers, buffered=False)
+    text = response.get_data(as_text=True)
+    response.close()
+    assert response.status_code == 200 and '"type": "done"' in text.replace('":"', '": "')
+    messages = client.get(f"/agents/session/{session}/messages", headers=headers).get_json()["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+
+
+def test_the_fastpath_switch_keeps_redis_on_the_cluster_client(
+    test_env: dict[str, str], rc: RedisCluster, bearer: Callable[..., tuple[str, dict[str, str]]]
+) -> None:
+    from gateway import create_app
+    from gateway.ratelimit.backend import decider
+    from gateway.ratelimit.decision import ScriptTransport
+
+    app = create_app({**test_env, "GATEWAY_FASTPATH": "true"}, overrides={"REDIS_CLIENT": rc})
+    with app.app_context():
+        assert isinstance(decider().transport, ScriptTransport)
+    _, headers = bearer(rate_limit="3/minute")
+    client = app.test_client()
+    assert [client.get("/events", headers=headers).status_code for _ in range(4)] == [200, 200, 200, 429]

@@ -45,3 +45,25 @@ def test_no_script_names_a_key_itself_but_the_documented_ones() -> None:
     offenders = [s[:80] for s in script_calls.known_sources() - allowed if script_calls.builds_keys(s)]
     assert offenders == []
     assert all(script_calls.builds_keys(s) for s in script_calls.jobs_only())
+
+
+def test_cluster_faults_are_unavailable_and_usage_errors_are_not() -> None:
+    from redis import exceptions as rex
+
+    from core.redis import is_unavailable
+
+    for fault in (
+        rex.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        rex.TryAgainError("TRYAGAIN"),
+        rex.ClusterError("TTL exhausted."),
+        rex.SlotNotCoveredError('Slot "7" not covered by the cluster.'),
+        rex.MovedError("1771 127.0.0.1:7000"),
+        rex.AskError("1771 127.0.0.1:7000"),
+        rex.RedisClusterException("Redis Cluster cannot be connected. Please provide at least one node"),
+    ):
+        assert is_unavailable(fault), fault
+    for bug in (
+        rex.ClusterCrossSlotError("CROSSSLOT Keys in request don't hash to the same slot"),
+        rex.RedisClusterException("EVALSHA - all keys must map to the same key slot"),
+    ):
+        assert not is_unavailable(bug), bug
