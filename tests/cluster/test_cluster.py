@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -102,19 +103,27 @@ def test_a_limit_of_n_allows_exactly_n(
     assert statuses == {200: limit, 429: limit}
 
 
-def test_login_limits_across_slot_groups_stay_exact(cluster_app: Flask, rc: RedisCluster) -> None:
+@pytest.mark.parametrize(
+    ("per_ip", "per_email", "exact"),
+    [
+        ("3/minute", "100/minute", "gw:ratelimit:{e:*}:fw:login-email:*"),  # the first group refuses
+        ("100/minute", "3/minute", "gw:ratelimit:{ip:*}:fw:login-ip:*"),  # the second: the first's given back
+    ],
+)
+def test_login_limits_across_slot_groups_stay_exact(
+    cluster_app: Flask, rc: RedisCluster, per_ip: str, per_email: str, exact: str
+) -> None:
     # Login limits are counted by IP ({ip:..}) and by e-mail ({e:..}): two slot groups.
-    app = cluster_app
-    app.config.update(RATELIMIT_LOGIN="3/minute", RATELIMIT_LOGIN_EMAIL="100/minute")
+    cluster_app.config.update(RATELIMIT_LOGIN=per_ip, RATELIMIT_LOGIN_EMAIL=per_email)
     users.create_user(rc, email="ops@example.com", password="correct horse battery staple 9")
-    client = app.test_client()
+    client = cluster_app.test_client()
     wrong = {"email": "ops@example.com", "password": "not the password at all"}
-    site = {"headers": {"Origin": "https://localhost"}, "base_url": "https://localhost"}
-    statuses = [client.post("/auth/login", json=wrong, **site).status_code for _ in range(5)]  # type: ignore[arg-type]
+    site: dict[str, Any] = {"headers": {"Origin": "https://localhost"}, "base_url": "https://localhost"}
+    statuses = [client.post("/auth/login", json=wrong, **site).status_code for _ in range(5)]
     assert statuses == [401, 401, 401, 429, 429]
-    # The refused attempts took nothing from the e-mail's limit (given back across groups).
-    (email_counter,) = list(rc.scan_iter("gw:ratelimit:{e:*}:fw:login-email:*"))
-    assert int(rc.get(email_counter)) == 3
+    # The refused attempts took nothing from the other group's limit.
+    (counter,) = list(rc.scan_iter(exact))
+    assert int(rc.get(counter)) == 3
 
 
 def test_metrics(client: FlaskClient, bearer: Callable[..., tuple[str, dict[str, str]]]) -> None:
