@@ -63,6 +63,20 @@ def test_a_key_works_and_is_refused_within_a_second_of_revocation(
     assert client.get("/events", headers=wrong).status_code == 401
 
 
+def test_the_two_call_lookup_answers_none_alike(cluster_app: Flask, rc: RedisCluster) -> None:
+    key_pepper = pepper(cluster_app)
+    made = {
+        n: keys.create_key(rc, pepper=key_pepper, name=n, scopes=[], expires_in_days=d)
+        for n, d in (("live", None), ("revoked", None), ("expired", -1))
+    }
+    keys.revoke_key(rc, made["revoked"][0]["id"])
+    assert keys.lookup(rc, made["live"][1], pepper(cluster_app))["id"] == made["live"][0]["id"]  # type: ignore[index]
+    for secret in (keys.generate_secret(), made["revoked"][1], made["expired"][1]):
+        key_digest = keys.digest(secret, pepper(cluster_app))
+        key_id = rc.get(keys.digest_key(key_digest)) or ""
+        assert keys.check_digest(rc, key_id, key_digest) is None  # the same nil for all three
+
+
 def test_rotation_keeps_the_old_secret_for_its_grace(
     cluster_app: Flask,
     client: FlaskClient,
