@@ -25,6 +25,7 @@ from auth.audit import Actor
 from auth.cache import KeyCache
 from auth.scopes import validate_scopes
 from core.echo import clip
+from core.redis import acknowledged
 
 MAX_NAME_LENGTH = 100
 MAX_EXPIRES_IN_DAYS = 3650
@@ -62,6 +63,7 @@ def validate_grace_seconds(value: int) -> int:
     return value
 
 
+@acknowledged
 def create_key(
     r: redis.Redis,
     *,
@@ -89,6 +91,7 @@ def create_key(
     return record, secret
 
 
+@acknowledged
 def revoke_key(r: redis.Redis, *, actor: Actor, key_id: str, cache: KeyCache | None) -> dict[str, Any] | None:
     """Revoke, audit and forget the key; None for an unknown key.
 
@@ -101,6 +104,7 @@ def revoke_key(r: redis.Redis, *, actor: Actor, key_id: str, cache: KeyCache | N
     return record
 
 
+@acknowledged
 def rotate_key(
     r: redis.Redis,
     *,
@@ -127,6 +131,7 @@ def _forget(cache: KeyCache | None, key_id: str) -> None:
         cache.discard(key_id)
 
 
+@acknowledged
 def create_user(r: redis.Redis, *, actor: Actor, email: str, password: str) -> dict[str, Any]:
     """Create and audit an admin user (never the password)."""
     user = users.create_user(r, email=email, password=password, created_by=actor.owner)
@@ -157,6 +162,7 @@ def _audit_user(r: redis.Redis, actor: Actor, action: str, record: dict[str, Any
     audit.record(r, actor, action, target=f"user:{record['id']}", details=details)
 
 
+@acknowledged
 def change_password(
     r: redis.Redis, *, actor: Actor, email: str, password: str, keep_sid: str | None = None
 ) -> UserChange:
@@ -171,6 +177,7 @@ def change_password(
     return UserChange(user_view(r, users.get_user(r, record["id"]) or record), ended, epoch)
 
 
+@acknowledged
 def disable_user(r: redis.Redis, *, actor: Actor, email: str) -> UserChange:
     """Disable and log out everywhere at once; LastEnabledUserError when none would be left."""
     record = users.get_user_by_email(r, email)
@@ -180,6 +187,7 @@ def disable_user(r: redis.Redis, *, actor: Actor, email: str) -> UserChange:
     return UserChange(user_view(r, users.get_user(r, record["id"]) or record), ended)
 
 
+@acknowledged
 def enable_user(r: redis.Redis, *, actor: Actor, email: str) -> UserChange:
     record = users.get_user_by_email(r, email)
     users.enable_user(r, record["id"])
@@ -187,6 +195,7 @@ def enable_user(r: redis.Redis, *, actor: Actor, email: str) -> UserChange:
     return UserChange(user_view(r, users.get_user(r, record["id"]) or record))
 
 
+@acknowledged
 def log_out_everywhere(r: redis.Redis, *, actor: Actor, email: str) -> UserChange:
     """End every session of the user, the caller's own included when it is theirs."""
     record = users.get_user_by_email(r, email)

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 TENANT_LIMIT_PER_MINUTE = 600
 # Generous ceiling of the secured requests/s on one machine, to size limits for small N.
 SPEND_CEILING_RPS = 6000
+# A cautious floor of the secured requests/s, to size the warm-up for large N.
+WARM_UP_RPS = 1000
 
 
 def create_keys(
@@ -76,7 +78,7 @@ def _round(bench: Bench, bare: loads.Target, secured: loads.Target) -> dict[str,
 def measure(bench: Bench, env: Mapping[str, str], count: int) -> dict[str, object]:
     """Paired rounds of bare vs secured with ``count`` keys cycled; the medians of the rounds."""
     args = bench.args
-    seconds = (args.rounds + 1) * args.duration  # the rounds and the warm-up
+    seconds = (args.rounds + 1) * args.duration + 2 * count * args.workers / WARM_UP_RPS  # with the warm-up
     limit = tenant_limit(count, seconds)
     secrets = create_keys(env, count, rate_limit=f"{limit}/minute")
     return {"tenants": count, "tenant_limit": f"{limit}/minute", **_measure_keys(bench, secrets)}
@@ -107,8 +109,10 @@ def _measure_keys(bench: Bench, secrets: list[str]) -> dict[str, object]:
     args = bench.args
     bare = loads.Target(f"http://127.0.0.1:{bench.bare.port}/", keys=secrets)
     secured = loads.Target(f"http://127.0.0.1:{bench.gateway.port}/auth/me", keys=secrets)
-    # Warm-up: every worker sees (most) keys once, as a steady state would have them cached.
-    bench.load(secured, args.duration, args.connections)
+    # Warm-up: every worker sees every key (twice, on average), as a steady state has them
+    # cached; 10,000 keys need longer than one measurement at a thousand requests a second.
+    warm_up = max(args.duration, math.ceil(2 * len(secrets) * args.workers / WARM_UP_RPS))
+    bench.load(secured, warm_up, args.connections)
     rows = [_round(bench, bare, secured) for _ in range(args.rounds)]
 
     def median(field: str) -> float:

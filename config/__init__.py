@@ -23,11 +23,11 @@ from config.parsers import (
     parse_int,
     parse_limit,
     parse_limits,
-    parse_redis_url,
     parse_route_limits,
     parse_str,
     parse_url_or_path,
 )
+from config.redis_url import CLUSTER, parse_redis_target, parse_redis_url
 
 __all__ = [
     "Config",
@@ -71,6 +71,11 @@ SETTINGS: tuple[Setting, ...] = (
     # Keys the API-key digests; defaults to SECRET_KEY. Changing it invalidates every key.
     Setting("API_KEY_HMAC_SECRET", parse_str),
     Setting("REDIS_URL", parse_redis_url),
+    # RQ's Redis (standalone or Sentinel: RQ has no Cluster support); empty: REDIS_URL.
+    Setting("JOBS_REDIS_URL", parse_redis_url),
+    # Acknowledged writes wait (Redis WAIT) until this many replicas have them; 0: no wait.
+    Setting("REDIS_WAIT_REPLICAS", parse_int, 0),
+    Setting("REDIS_WAIT_TIMEOUT_MS", parse_int, 500),
     Setting("PORT", parse_int, 10000),
     Setting("WEB_CONCURRENCY", parse_int, 2),
     # gunicorn only (gunicorn.conf.py): interface, greenlets per worker, timeouts in seconds.
@@ -190,6 +195,7 @@ class Config:
         # Which settings the environment set (the rest took defaults): start-up logs say why.
         values["SETTINGS_FROM_ENV"] = frozenset(given)
         cls.validate(values)
+        _validate_redis(values)
         return values
 
     @classmethod
@@ -210,6 +216,28 @@ class Config:
                 raise ConfigError(f"{name} must be a positive integer, got {values[name]}")
         if values["TRUSTED_PROXY_COUNT"] < 0 or values["AGENT_BUILTIN_DELAY_MS"] < 0:
             raise ConfigError("TRUSTED_PROXY_COUNT and AGENT_BUILTIN_DELAY_MS cannot be negative")
+
+
+def _validate_redis(values: dict[str, Any]) -> None:
+    """JOBS_REDIS_URL defaults to REDIS_URL, except on a cluster, which RQ cannot use."""
+    url, jobs = values.get("REDIS_URL"), values.get("JOBS_REDIS_URL")
+    if jobs and parse_redis_target("JOBS_REDIS_URL", jobs).topology == CLUSTER:
+        raise ConfigError(
+            "JOBS_REDIS_URL cannot be a cluster (RQ has no Cluster support): "
+            "name a standalone or Sentinel Redis"
+        )
+    if url and parse_redis_target("REDIS_URL", url).topology == CLUSTER:
+        if not jobs:
+            raise ConfigError(
+                "JOBS_REDIS_URL is required when REDIS_URL is a cluster (RQ has no Cluster support)"
+            )
+        if values["REDIS_WAIT_REPLICAS"] > 0:
+            raise ConfigError(
+                "REDIS_WAIT_REPLICAS is not supported with a cluster REDIS_URL yet; set it to 0"
+            )
+    values["JOBS_REDIS_URL"] = jobs or url
+    if values["REDIS_WAIT_REPLICAS"] < 0 or values["REDIS_WAIT_TIMEOUT_MS"] <= 0:
+        raise ConfigError("REDIS_WAIT_REPLICAS cannot be negative and REDIS_WAIT_TIMEOUT_MS must be positive")
 
 
 def _parse_default(setting: Setting, default: Any) -> Any:

@@ -74,21 +74,6 @@ def parse_route_limits(name: str, raw: str) -> dict[str, str]:
     return routes
 
 
-def parse_redis_url(name: str, raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(
-            f"{name} must start with redis://, rediss:// or unix://, got scheme {parts.scheme!r}"
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"{name} must name a host, such as redis://localhost:6379/0")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        raise ConfigError(f"{name} has a malformed port") from None
-    return raw
-
-
 def parse_http_url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:

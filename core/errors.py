@@ -10,7 +10,7 @@ import redis
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from core.redis import failure_label, is_unavailable
+from core.redis import NotReplicatedError, failure_label, is_unavailable
 
 # Sentences for statuses whose Werkzeug description is written for HTML pages.
 _MESSAGES: dict[int, str] = {
@@ -112,12 +112,10 @@ def _redis_error(exc: Exception) -> Response:
     current_app.logger.warning(
         "redis unavailable on %s %s: %s", request.method, request.path, failure_label(exc)
     )
-    return error_response(
-        503,
-        "Service Unavailable",
-        "The data store is unavailable; retry shortly.",
-        headers={"Retry-After": "1"},
-    )
+    message = "The data store is unavailable; retry shortly."
+    if isinstance(exc, NotReplicatedError):  # REDIS_WAIT_REPLICAS not reached: not acknowledged
+        message = "The write was not confirmed by enough Redis replicas; retry shortly."
+    return error_response(503, "Service Unavailable", message, headers={"Retry-After": "1"})
 
 
 def init_app(app: Flask) -> None:

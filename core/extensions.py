@@ -16,8 +16,7 @@ class RedisStore:
     def init_app(self, app: Flask) -> None:
         # Building the client opens no connection: redis-py connects lazily, so a
         # Redis outage at start-up does not stop the app from serving /healthz.
-        # REDIS_CLIENT: a client the caller built (a Redis Cluster's, core.redis.create_cluster_client).
-        app.extensions[EXTENSION_KEY] = app.config.get("REDIS_CLIENT") or redis_from_config(app.config)
+        app.extensions[EXTENSION_KEY] = redis_from_config(app.config)
 
     @staticmethod
     def client(app: Flask | None = None) -> redis.Redis:

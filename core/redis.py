@@ -11,26 +11,43 @@ close themselves when the server stopped being the primary (docs/operations.md,
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from queue import Empty
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis import exceptions as rex
-from redis.backoff import ExponentialBackoff
-from redis.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from config.redis_url import CLUSTER, SENTINEL, RedisTarget, parse_redis_target
 from core.background import BackgroundLoop
+
+try:  # gevent's dependency; the gateway's workers run on greenlets
+    from greenlet import getcurrent as _current_task
+except ImportError:  # pragma: no cover - threads only
+    _current_task = threading.current_thread  # type: ignore[assignment]
+
+T = TypeVar("T")
 
 
 class RedisRefusedError(redis.ResponseError):
     """Redis refused a command for a reason that passes, one redis-py has no class for:
     BUSY (a script or module command holds the server), MISCONF (it cannot persist, so it
     refuses writes), NOREPLICAS (fewer replicas in sync than ``min-replicas-to-write``)."""
+
+
+class NotReplicatedError(redis.RedisError):
+    """An acknowledged write did not reach ``REDIS_WAIT_REPLICAS`` replicas within
+    ``REDIS_WAIT_TIMEOUT_MS`` (or its connection changed before WAIT could vouch for it):
+    the write may or may not survive a failover, so it is not acknowledged (503)."""
 
 
 # A server that stopped being the primary (a failover, a REPLICAOF): the socket must go.
@@ -51,6 +68,7 @@ REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
     rex.SlotNotCoveredError,
     rex.AskError,  # MovedError is one
     RedisRefusedError,
+    NotReplicatedError,
 )
 # redis-py's RedisClusterException is mostly a usage error (a bug: 500), except when no node
 # answers while it maps the cluster; those are told by their message alone.
@@ -105,6 +123,18 @@ class _FaultAware:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._epoch = self.primary_epoch[0]  # it will connect to whatever is primary now
+        self.gw_connects = 0  # sockets opened so far: WAIT must run on the writes' socket
+
+    def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        self.gw_connects += 1
+
+    def make_current(self) -> None:
+        """Reconnect now if opened before the last READONLY (as the next send would)."""
+        if self.stale:
+            self.disconnect()  # type: ignore[attr-defined]
+            self._epoch = self.primary_epoch[0]
+        self.connect()  # type: ignore[attr-defined]
 
     @property
     def stale(self) -> bool:
@@ -114,7 +144,11 @@ class _FaultAware:
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if self.stale:
             self.disconnect()  # type: ignore[attr-defined]
-            self._epoch = self.primary_epoch[0]  # the connect() inside send belongs to this epoch
+            self._epoch = self.primary_epoch[0]  # the connect() below belongs to this epoch
+        # Connect through connect() (a no-op when connected): redis-py 7.4's own send
+        # reconnects with connect_check_health(), which for a Sentinel connection skips
+        # asking the sentinels, so a retry after READONLY went back to the demoted primary.
+        self.connect()  # type: ignore[attr-defined]
         super().send_packed_command(command, check_health)  # type: ignore[misc]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
@@ -122,6 +156,13 @@ class _FaultAware:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except PRIMARY_LOST:
             self._leave_old_primary()
+            raise
+        except redis.ConnectionError as exc:
+            # redis-py's Sentinel connection turns READONLY into "The previous master is now
+            # a slave" (a ConnectionError, so its retry reconnects through the sentinels):
+            # the rest of the pool leads to the demoted primary too.
+            if isinstance(exc.__context__, PRIMARY_LOST):
+                self._leave_old_primary()
             raise
         except redis.ResponseError as exc:
             if reply_code(exc) in _REFUSED_CODES:
@@ -143,12 +184,60 @@ class _FaultAware:
 
 class _FaultAwarePool(redis.BlockingConnectionPool):
     """Closes a stale connection when it comes back, so that idle sockets in the pool all
-    lead to the current primary (one in use at the pool-wide close was not reached by it)."""
+    lead to the current primary (one in use at the pool-wide close was not reached by it).
+
+    It can also *pin* one connection to the current thread (greenlet, under gevent):
+    while pinned, every command and pipeline of this thread on this pool runs on it, so a
+    WAIT sent afterwards covers exactly those writes (:func:`replicated`)."""
+
+    wait: WaitPolicy | None = None  # REDIS_WAIT_*, for replicated(); None or 0 replicas: off
+    durable: _FaultAwarePool | None = None  # where pinned connections come from
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        pinned = _pins.get(self)
+        return pinned if pinned is not None else super().get_connection(*args, **kwargs)
 
     def release(self, connection: Any) -> None:
+        if _pins.get(self) is connection:
+            return  # given back when the pin ends
         if getattr(connection, "stale", False):
             connection.disconnect()
         super().release(connection)
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        # The WAIT pool leads to the same server: closed with this one (a client's close,
+        # a READONLY, the Sentinel pool's change of primary).
+        super().disconnect(inuse_connections)
+        if self.durable is not None:
+            self.durable.disconnect(inuse_connections)
+
+
+class _Pins:
+    """The connection each pool has pinned, per thread of control: a greenlet under gevent
+    (each OS thread also runs in a greenlet of its own). Keyed by the running greenlet
+    itself rather than a ``threading.local``, which is greenlet-local only when gevent
+    patched it before this module was imported."""
+
+    def __init__(self) -> None:
+        self.by_task: dict[tuple[int, int], Any] = {}
+
+    def get(self, pool: Any) -> Any:
+        return self.by_task.get((id(pool), id(_current_task()))) if self.by_task else None
+
+    def pin(self, pool: Any, conn: Any) -> None:
+        self.by_task[(id(pool), id(_current_task()))] = conn
+
+    def unpin(self, pool: Any) -> None:
+        del self.by_task[(id(pool), id(_current_task()))]
+
+
+_pins = _Pins()
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    replicas: int
+    timeout_ms: int
 
 
 class _ReapingPool(_FaultAwarePool):
@@ -223,6 +312,13 @@ def _ensure_reaper(pool: _ReapingPool) -> None:
     _reaper.ensure_started()
 
 
+class _SentinelPool(SentinelConnectionPool, _ReapingPool):
+    """redis-py's Sentinel pool (each new connection asks the sentinels for the primary,
+    and a changed answer closes the idle ones) on this module's blocking, fault-aware,
+    reaping pool. The reaper is kept: a managed Sentinel set has a client limit too, and a
+    reaped connection reconnects through the sentinels like any other new one."""
+
+
 def _make_fault_aware(pool: redis.ConnectionPool) -> None:
     base = pool.connection_class  # TCP, TLS or unix socket, as the URL's scheme chose
     attrs = {"pool_ref": weakref.ref(pool), "primary_epoch": [0]}
@@ -241,9 +337,11 @@ def create_redis(
     decode_responses: bool = True,
     idle_seconds: float = 0.0,
     min_idle: int = 2,
+    wait_replicas: int = 0,
+    wait_timeout_ms: int = 500,
     **extra: Any,
-) -> redis.Redis:
-    """Build a client from a redis://, rediss:// or unix:// URL with bounded waits.
+) -> Any:
+    """Build a client for any URL config/redis_url.py accepts, with bounded waits.
 
     One retry with a short backoff rides over a dropped idle connection without
     doubling the wait when Redis is really gone.
@@ -258,42 +356,205 @@ def create_redis(
     4 KiB ~11 KB (measured with hiredis). The gateway's replies are small (a key
     record, a counter, a script's answer); the rare large one (a long history) is
     read in more 4 KiB chunks, which hiredis parses incrementally.
+
+    With ``wait_replicas`` > 0, :func:`replicated` blocks wait for that many replicas;
+    their connections come from a second, smaller pool whose read timeout also covers
+    WAIT's own ``wait_timeout_ms``, so a slow replica reads as "not replicated", never
+    as a socket timeout that would make redis-py retry the writes.
     """
+    target = parse_redis_target("REDIS_URL", url)
     extra.setdefault("socket_read_size", 4 * 1024)
-    pool = _ReapingPool.from_url(
-        url,
-        timeout=socket_timeout,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        # No health_check_interval: redis-py would PING (with its own timeout and retry) before
-        # the first command on every new connection, so a stalled Redis held a request ~2 s,
-        # not ~1 s. The retry above already replaces a dead pooled connection.
-        health_check_interval=0,
-        max_connections=max_connections,
-        decode_responses=decode_responses,
-        client_name="gateway",
-        **extra,
-    )
+    options = _options(socket_timeout, connect_timeout, max_connections, decode_responses, extra)
+    if target.topology == CLUSTER:
+        return _cluster(target, options)
+    pool = _pool(target, options)
     pool.idle_seconds, pool.min_idle = idle_seconds, min_idle
-    _make_fault_aware(pool)
+    if wait_replicas > 0:
+        pool.wait = WaitPolicy(wait_replicas, wait_timeout_ms)
+        slower = socket_timeout + wait_timeout_ms / 1000
+        durable_options = {**options, "socket_timeout": slower, "timeout": slower}
+        durable_options["max_connections"] = max(2, max_connections // 4)
+        pool.durable = _pool(target, durable_options)
+        pool.durable.idle_seconds, pool.durable.min_idle = idle_seconds, min_idle
     client = redis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True  # as Redis.from_url does: closing the client closes the pool
+    client.gw_target = target  # type: ignore[attr-defined]  # readyz reports the topology
     return client
 
 
-def redis_from_config(config: Any, **extra: Any) -> redis.Redis:
+def _options(
+    socket_timeout: float, connect_timeout: float, max_connections: int, decode: bool, extra: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "timeout": socket_timeout,  # the blocking pool's wait for a free connection
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        # No health_check_interval: redis-py would PING (with its own timeout and retry) before
+        # the first command on every new connection, so a stalled Redis held a request ~2 s,
+        # not ~1 s. The retry above already replaces a dead pooled connection.
+        "health_check_interval": 0,
+        "max_connections": max_connections,
+        "decode_responses": decode,
+        "client_name": "gateway",
+        **extra,
+    }
+
+
+def _pool(target: RedisTarget, options: dict[str, Any]) -> _ReapingPool:
+    if target.topology == SENTINEL:
+        pool: _ReapingPool = _sentinel_pool(target, options)
+    else:
+        pool = _ReapingPool.from_url(target.url, **options)
+    _make_fault_aware(pool)
+    return pool
+
+
+def _sentinel_pool(target: RedisTarget, options: dict[str, Any]) -> _SentinelPool:
+    """Through redis-py's public Sentinel API; the password (as in ``limits``) is the
+    sentinels' and the primary's, and TLS applies to both."""
+    auth = {"username": target.username, "password": target.password}
+    auth = {k: v for k, v in auth.items() if v}
+    tls = {"ssl": True} if target.tls else {}
+    # The sentinels get the same short timeouts and no retry: a dead sentinel must not hold
+    # a request (redis-py's default retries 3 times with backoffs of seconds), the next
+    # sentinel is asked instead.
+    asking = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
+    asking["retry"] = Retry(NoBackoff(), retries=0)
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs={**asking, **auth, **tls})
+    client = sentinel.master_for(
+        target.master, connection_pool_class=_SentinelPool, db=target.db, **auth, **tls, **options
+    )
+    return client.connection_pool  # type: ignore[no-any-return]
+
+
+def _cluster(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
+    """RedisCluster follows MOVED/ASK itself; its nodes get the same bounded timeouts.
+    (Every key carries a hash tag, KEYS; what a cluster changes: docs/redis-cluster.md.)"""
+    kept = ("socket_timeout", "socket_connect_timeout", "max_connections", "decode_responses")
+    kept += ("client_name", "health_check_interval", "socket_read_size", "retry_on_error")
+    auth = {"username": target.username, "password": target.password}
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+        ssl=target.tls,
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+        **{k: v for k, v in auth.items() if v},
+        **{k: options[k] for k in kept if k in options},
+    )
+    client.gw_target = target  # type: ignore[attr-defined]
+    return client
+
+
+def redis_from_config(config: Any, *, url_setting: str = "REDIS_URL", **extra: Any) -> Any:
     """A client configured from a Flask config mapping (used by the app, the CLI and jobs)."""
     return create_redis(
-        config["REDIS_URL"],
+        config[url_setting],
         socket_timeout=config["REDIS_SOCKET_TIMEOUT"],
         connect_timeout=config["REDIS_CONNECT_TIMEOUT"],
         max_connections=config["REDIS_MAX_CONNECTIONS"],
         idle_seconds=config.get("REDIS_POOL_IDLE_SECONDS", 0.0),
         min_idle=config.get("REDIS_POOL_MIN_IDLE", 2),
+        wait_replicas=config.get("REDIS_WAIT_REPLICAS", 0),
+        wait_timeout_ms=config.get("REDIS_WAIT_TIMEOUT_MS", 500),
         **extra,
     )
+
+
+@contextlib.contextmanager
+def replicated(r: Any) -> Iterator[None]:
+    """Make the writes of the block acknowledged: ``with replicated(r): <writes on r>``.
+
+    With ``REDIS_WAIT_REPLICAS`` > 0, every command and pipeline this thread sends on
+    ``r`` inside the block runs on one pinned connection, and WAIT follows on that same
+    connection (WAIT counts only its own connection's writes): fewer replicas than asked
+    raise :class:`NotReplicatedError`, a 503. Call sites write as before, scripts and
+    MULTI included, and read their replies at once; the price is the one WAIT round trip,
+    which replication must cost anyway. WAIT is sent by hand, never retried: a retry
+    on a new socket would vouch for no write at all. With 0 replicas (the default), or
+    a client not built here, nothing is sent and nothing is pinned.
+    """
+    pool = getattr(r, "connection_pool", None)
+    policy = getattr(pool, "wait", None)
+    if policy is None or policy.replicas <= 0 or pool.durable is None or _pins.get(pool) is not None:
+        yield  # off, or nested inside another replicated() block that will WAIT
+        return
+    conn = pool.durable.get_connection()
+    try:
+        conn.make_current()
+        opened = conn.gw_connects
+        _pins.pin(pool, conn)
+        try:
+            yield
+        finally:
+            _pins.unpin(pool)
+        _wait(conn, policy, opened)
+    finally:
+        pool.durable.release(conn)
+
+
+def primaries(r: Any) -> dict[str, Any]:
+    """What /readyz reports beside its write: the topology and each primary's reachability.
+
+    Standalone: the one server (reachable is the readiness write's verdict, set by the
+    caller). Sentinel: the primary the sentinels name now, and how many sentinels answer.
+    Cluster: every primary of the slot map, each PINGed. Never a password or a URL."""
+    target = getattr(r, "gw_target", None)
+    if target is None or target.topology not in (SENTINEL, CLUSTER):
+        hosts = target.hosts if target is not None else ()
+        return {"topology": "standalone", "primaries": [{"address": _address(h)} for h in hosts]}
+    if target.topology == CLUSTER:
+        return {"topology": CLUSTER, "primaries": [_node(r, node) for node in r.get_primaries()]}
+    manager = r.connection_pool.sentinel_manager
+    answering = sum(_pings(sentinel) for sentinel in manager.sentinels)
+    report: dict[str, Any] = {"topology": SENTINEL, "master": target.master}
+    report["sentinels"] = {"configured": len(manager.sentinels), "reachable": answering}
+    try:
+        report["primaries"] = [{"address": _address(manager.discover_master(target.master))}]
+    except redis.RedisError as exc:  # MasterNotFoundError: no sentinel names a primary
+        report["primaries"] = []
+        report["error"] = type(exc).__name__
+    return report
+
+
+def _address(host_port: tuple[str, int]) -> str:
+    return f"{host_port[0]}:{host_port[1]}"
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def _node(r: Any, node: Any) -> dict[str, Any]:
+    try:
+        reachable = bool(r.ping(target_nodes=node))
+    except redis.RedisError:
+        reachable = False
+    return {"address": _address((node.host, node.port)), "reachable": reachable}
+
+
+def acknowledged(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn(r, ...)`` inside :func:`replicated` on its first argument, its Redis client:
+    for functions whose every write is one the gateway acknowledges."""
+
+    @functools.wraps(fn)
+    def wrapper(r: Any, *args: Any, **kwargs: Any) -> T:
+        with replicated(r):
+            return fn(r, *args, **kwargs)
+
+    return wrapper
+
+
+def _wait(conn: Any, policy: WaitPolicy, opened: int) -> None:
+    if conn.gw_connects != opened:  # a retry reconnected: earlier writes may be elsewhere
+        raise NotReplicatedError("the connection changed before WAIT")
+    conn.send_command("WAIT", policy.replicas, policy.timeout_ms)
+    acked = int(conn.read_response())
+    if conn.gw_connects != opened or acked < policy.replicas:
+        raise NotReplicatedError(f"{acked} of {policy.replicas} replicas acknowledged")
 
 
 def key(*parts: str | int) -> str:
@@ -542,35 +803,3 @@ class LuaScript:
         if self.script is None:
             self.script = r.register_script(self.source)
         return self.script(keys=keys, args=args, client=r)
-
-
-def create_cluster_client(
-    nodes: list[tuple[str, int]],
-    *,
-    socket_timeout: float = 0.5,
-    connect_timeout: float = 0.5,
-    max_connections: int = 200,
-    decode_responses: bool = True,
-    **extra: Any,
-) -> RedisCluster:
-    """A Redis Cluster client with the same bounded waits as :func:`create_redis`.
-
-    redis-py follows MOVED/ASK itself and maps the cluster again after a failover; its bounded
-    retry (two, with a short backoff) bounds how long a request waits for a promoted replica
-    before the error (a 503) reaches it. The URL form (``redis+cluster://``) is parsed by
-    config (the Sentinel/URL work); this takes its nodes.
-    """
-    from redis.cluster import ClusterNode
-
-    return RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        # Retries of a command that met a connection error, a timeout or CLUSTERDOWN, each after
-        # redis-py mapped the cluster again (redis-py 6+: no cluster_error_retry_attempts).
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=2),
-        max_connections=max_connections,
-        decode_responses=decode_responses,
-        client_name="gateway",
-        **extra,
-    )

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from auth import public
 from core import forks
 from core.extensions import get_redis
-from core.redis import failure_label, is_unavailable, key
+from core.redis import failure_label, is_unavailable, key, primaries
 from core.schemas import endpoint
 from gateway.ratelimit import limiter
 
@@ -40,11 +40,13 @@ def is_probe() -> bool:
 
 
 class Readiness(BaseModel):
-    """Readiness report (200 ready, 503 not ready)."""
+    """Readiness report (200 ready, 503 not ready). ``topology`` is standalone, sentinel or
+    cluster; ``checks.redis.primaries`` lists each primary's address and reachability."""
 
     ready: bool
     status: str
     checks: dict[str, dict[str, Any]]
+    topology: str
     timestamp: str
 
 
@@ -85,6 +87,15 @@ def _redis_check() -> dict[str, Any]:
     return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
+def _topology(written: bool) -> dict[str, Any]:
+    # Only a primary takes the readiness write: on one server or Sentinel it is that
+    # primary's reachability; a cluster's primaries are each asked (core.redis.primaries).
+    report = primaries(get_redis())
+    for primary in report["primaries"]:
+        primary.setdefault("reachable", written)
+    return report
+
+
 @bp.get("/readyz")
 @limiter.exempt
 @public
@@ -93,10 +104,12 @@ def readyz() -> tuple[Response, int]:
     """Readiness: Redis takes a tiny write within the client's timeout."""
     redis_check = _redis_check()
     ready = redis_check["status"] == "ok"
+    redis_check.update(_topology(ready))
     body = {
         "ready": ready,
         "status": "healthy" if ready else "unhealthy",
         "checks": {"redis": redis_check},
+        "topology": redis_check["topology"],
         "timestamp": datetime.now(UTC).isoformat(),
     }
     return jsonify(body), 200 if ready else 503

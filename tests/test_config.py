@@ -191,6 +191,8 @@ ENTRY_CASES = [
     ({"RATELIMIT_DEFAULT": "lots"}, "RATELIMIT_DEFAULT"),
     ({"AGENT_BACKEND": "gpt"}, "AGENT_BACKEND"),
     ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis+sentinel://s1:26379"}, "REDIS_URL"),  # no master named
+    ({"REDIS_URL": "redis+cluster://n1:7000"}, "JOBS_REDIS_URL"),  # RQ needs a non-cluster Redis
 ]
 
 

@@ -29,7 +29,7 @@ import redis
 
 from core.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from core.idempotency import IdempotencyConflict, digest, scoped_digest
-from core.redis import KEYS, LuaScript
+from core.redis import KEYS, LuaScript, replicated
 
 DAY_SECONDS = 24 * 3600
 # The defaults of EVENTS_MAX_BYTES and EVENTS_RETENTION_DAYS, for callers outside a request.
@@ -151,7 +151,10 @@ def append_event(
     flat = [item for pair in fields.items() for item in pair]
     retention = retention_days * DAY_SECONDS
     args = (max_length, retention * 1000, retention, request_digest, timestamp, IDEMPOTENCY_TTL_SECONDS)
-    created, value = _APPEND(r, keys, [*args, *flat])
+    # The script's writes and WAIT share one connection (replicated pins it). A replay
+    # waits too: its first answer may not have reached the replicas yet.
+    with replicated(r):
+        created, value = _APPEND(r, keys, [*args, *flat])
     if created:
         return Accepted(_text(value), timestamp, replayed=False)
     first = json.loads(_text(value))

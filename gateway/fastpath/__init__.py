@@ -23,9 +23,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from config.redis_url import STANDALONE, parse_redis_target
+
 SWITCH = "GATEWAY_FASTPATH"
 
 
 def enabled(config: Mapping[str, Any]) -> bool:
-    """True when the shortcuts may be used (``GATEWAY_FASTPATH``, on by default)."""
-    return bool(config.get(SWITCH, True))
+    """True when the shortcuts may be used (``GATEWAY_FASTPATH``, on by default).
+
+    Only on a standalone Redis: the fast path drives raw connections of the app client's
+    pool by hand, which a cluster client has none of, and which on Sentinel would bypass
+    the pinning and failover handling that redis-py's client calls go through."""
+    if not config.get(SWITCH, True):
+        return False
+    url = config.get("REDIS_URL")
+    return not url or parse_redis_target("REDIS_URL", url).topology == STANDALONE

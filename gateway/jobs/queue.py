@@ -1,4 +1,9 @@
-"""The RQ queue the gateway uses, over the same Redis as everything else.
+"""The RQ queue the gateway uses, on ``JOBS_REDIS_URL`` (by default ``REDIS_URL``'s Redis).
+
+RQ has no Cluster support: with a cluster ``REDIS_URL`` the queue needs a standalone or
+Sentinel Redis of its own, which config refuses to start without. The gateway's job
+index (``gw:jobs:``) lives beside the queue, on the same Redis, so one enqueue's writes
+share one server (and one WAIT).
 
 RQ keeps its own key layout (``rq:queue:<name>``, ``rq:job:<id>``, registries);
 the gateway only adds its job index under ``gw:jobs:``. Jobs are serialized as
@@ -38,7 +43,8 @@ def serializer() -> type[JSONSerializer]:
 
 def rq_connection(config: Any) -> redis.Redis:
     """A client for RQ: RQ stores bytes (pickled or compressed data), so no decoding."""
-    return redis_from_config(config, decode_responses=False)
+    setting = "JOBS_REDIS_URL" if config.get("JOBS_REDIS_URL") else "REDIS_URL"
+    return redis_from_config(config, url_setting=setting, decode_responses=False)
 
 
 def bind(app: Flask) -> None:

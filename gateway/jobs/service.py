@@ -20,7 +20,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry
 
-from core.redis import KEYS
+from core.redis import KEYS, replicated
 from gateway.jobs import guard, limits
 from gateway.jobs.queue import get_queue, serializer
 from gateway.jobs.registry import RetryPolicy, get_spec, validate_args
@@ -75,6 +75,15 @@ def enqueue(
     spec = get_spec(name)
     clean = validate_args(spec, args).model_dump()
     job_id = uuid.uuid4().hex
+    # The place, the index and RQ's own writes on one connection, then WAIT (replicated).
+    with replicated(conn):
+        _store(conn, spec, clean, job_id=job_id, owner=owner, max_queued=max_queued)
+    return job_id
+
+
+def _store(
+    conn: redis.Redis, spec: Any, clean: dict[str, Any], *, job_id: str, owner: str, max_queued: int
+) -> None:
     limits.take_place(conn, owner=owner, job_id=job_id, limit=max_queued)
     # Index first: a crash before the enqueue leaves only an id the listing prunes.
     pipe = conn.pipeline(transaction=True)
@@ -93,7 +102,6 @@ def enqueue(
         result_ttl=RESULT_TTL_SECONDS,
         failure_ttl=RESULT_TTL_SECONDS,
     )
-    return job_id
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -65,9 +65,9 @@ def metrics() -> Response:
 )
 def prometheus() -> Response:
     """Prometheus text exposition of every worker's metrics together."""
-    from gateway.jobs.queue import queue_depths
+    from gateway.jobs.queue import app_connection, queue_depths
     from gateway.metrics.prometheus import prometheus_text
 
     snapshot = _snapshot()
-    body = prometheus_text(snapshot, queue_depths(get_redis()))
+    body = prometheus_text(snapshot, queue_depths(app_connection()))  # the queue: JOBS_REDIS_URL
     return Response(body, content_type=PROMETHEUS_CONTENT_TYPE)

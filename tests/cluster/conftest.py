@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 from redis.cluster import RedisCluster
 
-from core.redis import create_cluster_client
+from core.redis import create_redis
 from gateway import create_app
 
 NODES = 6
@@ -53,8 +53,8 @@ class Cluster:
     processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
-    def nodes(self) -> list[tuple[str, int]]:
-        return [("127.0.0.1", port) for port in self.ports]
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
 
     def start(self) -> None:
         for port in self.ports:
@@ -148,14 +148,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
 @pytest.fixture
 def rc(redis_cluster: Cluster) -> Iterator[RedisCluster]:
     """A client of the cluster, every primary flushed first."""
-    client = create_cluster_client(redis_cluster.nodes)
+    client = create_redis(redis_cluster.url)
+    assert isinstance(client, RedisCluster)
     client.flushall(target_nodes=RedisCluster.PRIMARIES)
     yield client
     client.close()
 
 
 @pytest.fixture
-def cluster_app(test_env: dict[str, str], rc: RedisCluster) -> Flask:
-    """The app on the cluster (RQ's jobs stay on the suite's standalone server)."""
-    env: dict[str, Any] = {**test_env, "GATEWAY_FASTPATH": "false"}
-    return create_app(env, overrides={"REDIS_CLIENT": rc})
+def cluster_app(test_env: dict[str, str], redis_cluster: Cluster, rc: RedisCluster) -> Flask:
+    """The app on the cluster's URL (RQ's jobs stay on the suite's standalone server)."""
+    env: dict[str, Any] = {
+        **test_env,
+        "REDIS_URL": redis_cluster.url,
+        "JOBS_REDIS_URL": test_env["REDIS_URL"],
+    }
+    return create_app({**env, "GATEWAY_FASTPATH": "false"})

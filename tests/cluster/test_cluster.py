@@ -230,13 +230,18 @@ def test_an_agent_stream_on_the_cluster(
 
 
 def test_the_fastpath_switch_keeps_redis_on_the_cluster_client(
-    test_env: dict[str, str], rc: RedisCluster, bearer: Callable[..., tuple[str, dict[str, str]]]
+    test_env: dict[str, str], redis_cluster: Cluster, bearer: Callable[..., tuple[str, dict[str, str]]]
 ) -> None:
     from gateway import create_app
     from gateway.ratelimit.backend import decider
     from gateway.ratelimit.decision import ScriptTransport
 
-    app = create_app({**test_env, "GATEWAY_FASTPATH": "true"}, overrides={"REDIS_CLIENT": rc})
+    env = {
+        "REDIS_URL": redis_cluster.url,
+        "JOBS_REDIS_URL": test_env["REDIS_URL"],
+        "GATEWAY_FASTPATH": "true",
+    }
+    app = create_app({**test_env, **env})
     with app.app_context():
         assert isinstance(decider().transport, ScriptTransport)
     _, headers = bearer(rate_limit="3/minute")
