@@ -42,4 +42,7 @@ EXPOSE 10000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '10000'), timeout=4)" || exit 1
 
+# Before a new release first serves, run `flask --app wsgi redis migrate-keys` once with the
+# same environment (render.yaml does it as the preDeployCommand): it renames keys of the
+# untagged layout of earlier releases and does nothing when there are none.
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

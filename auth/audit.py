@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from auth.keys import now_iso
-from core.redis import key as redis_key
+from core.redis import KEYS
 
 MAX_ENTRIES = 10_000
 
@@ -29,7 +29,7 @@ class Actor:
 
 
 def log_key() -> str:
-    return redis_key("audit", "log")
+    return KEYS.audit_log()
 
 
 def record(

@@ -5,8 +5,8 @@ people and secret scanners recognise it, the checksum rejects a mistyped key
 offline (GitHub's token format). Only an HMAC-SHA256 digest of the whole key is
 stored; the secret itself is shown once and never kept.
 
-Redis layout: ``gw:keys:record:<id>`` (hash, kept forever for audit),
-``gw:keys:digest:<hmac>`` -> id (the look-up), ``gw:keys:index`` (zset of ids).
+Redis layout (names in core.redis.KEYS): the record (hash, kept forever for audit, tag
+``{k:<id>}``), the digest's look-up -> id (tag ``{kd:<hmac>}``), the index (zset of ids).
 
 Every change that can end a secret or change what a key may do (revoke, rotate,
 sweep, edit) bumps the record's ``version`` in the same transaction: workers keep
@@ -22,6 +22,7 @@ left behind by anything can never bring an older secret back.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import secrets
@@ -33,8 +34,7 @@ from typing import Any
 
 import redis
 
-from core.redis import LuaScript
-from core.redis import key as redis_key
+from core.redis import KEYS, LuaScript, cross_slot_pipeline, is_cluster
 
 KEY_PREFIX = "rgw_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -133,15 +133,15 @@ def digester(pepper: bytes) -> Callable[[str], str]:
 
 
 def record_key(key_id: str) -> str:
-    return redis_key("keys", "record", key_id)
+    return KEYS.key_record(key_id)
 
 
 def digest_key(key_digest: str) -> str:
-    return redis_key("keys", "digest", key_digest)
+    return KEYS.key_digest(key_digest)
 
 
 def index_key() -> str:
-    return redis_key("keys", "index")
+    return KEYS.keys_index()
 
 
 def _iso(moment: datetime) -> str:
@@ -274,10 +274,12 @@ def create_key(
         "created_by": created_by or "",
         VERSION_FIELD: "1",
     }
-    pipe = r.pipeline(transaction=True)
+    # The look-up last: on a cluster (no MULTI across slots) a fault midway leaves at most
+    # a record nobody can present yet.
+    pipe = cross_slot_pipeline(r)
     pipe.hset(record_key(key_id), mapping=fields)
-    pipe.set(digest_key(fields["digest"]), key_id)
     pipe.zadd(index_key(), {key_id: time.time()})
+    pipe.set(digest_key(fields["digest"]), key_id)
     pipe.execute()
     return _decode(fields), secret
 
@@ -297,18 +299,23 @@ def list_keys(r: redis.Redis) -> list[dict[str, Any]]:
     return [_decode(raw) for raw in pipe.execute() if raw]
 
 
-# One round trip for every look-up. Revocation, expiry and which secrets are live
-# are decided inside Redis, and an unknown key runs the same commands (on an empty
-# record name), so unknown, revoked, expired and replaced secrets all come back as
-# the same nil reply after the same work: the same answer in the same time, with
-# no record on the wire. The digest must be named by the record as its current
-# secret or as the replaced one still within its grace.
-# A Lua function, so that the admission script (gateway.ratelimit.admission) can run
-# the same look-up in the same call as an unknown key's per-IP limit.
+# One round trip for every look-up on one server (two on a cluster, see lookup_digest).
+# Revocation, expiry and which secrets are live are decided inside Redis, and an unknown
+# key runs the same commands (on an empty record name), so unknown, revoked, expired and
+# replaced secrets all come back as the same nil reply after the same work: the same
+# answer in the same time, with no record on the wire. The digest must be named by the
+# record as its current secret or as the replaced one still within its grace.
+# Lua functions, so that the admission script (gateway.ratelimit.admission) can run the
+# same look-up in the same call as an unknown key's per-IP limit.
+#
+# check_record(record_key, id, digest): the record, if it is live and names the digest.
+# lookup_key(digest_key, prefix, suffix, digest): ONE SERVER ONLY (never run on a cluster):
+# the record's name is made here from the id the look-up holds (prefix .. id .. suffix),
+# since it cannot be known before; a cluster could hold it on another shard, so there
+# lookup_digest reads the look-up first and then calls check_record with the record declared.
 LOOKUP_LUA = """
-local function lookup_key(digest_key, record_prefix, digest)
-  local id = redis.call('GET', digest_key) or ''
-  local state = redis.call('HMGET', record_prefix .. id, 'revoked_at', 'expires_ts', 'digest', 'prev_digest',
+local function check_record(record_key, id, digest)
+  local state = redis.call('HMGET', record_key, 'revoked_at', 'expires_ts', 'digest', 'prev_digest',
     'prev_expires_ts')
   local now = tonumber(redis.call('TIME')[1])
   local live = id ~= '' and state[1] == ''
@@ -319,10 +326,23 @@ local function lookup_key(digest_key, record_prefix, digest)
     if state[4] ~= digest or not grace_end or grace_end <= now then live = false end
   end
   if not live then return false end
-  return redis.call('HGETALL', record_prefix .. id)
+  return redis.call('HGETALL', record_key)
+end
+local function lookup_key(digest_key, prefix, suffix, digest)
+  local id = redis.call('GET', digest_key) or ''
+  return check_record(prefix .. id .. suffix, id, digest)
 end
 """
-_LOOKUP_SCRIPT = LuaScript(LOOKUP_LUA + "return lookup_key(KEYS[1], ARGV[1], ARGV[2])")
+_LOOKUP_SCRIPT = LuaScript(LOOKUP_LUA + "return lookup_key(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
+# KEYS[1] the record; ARGV: its id (or ''), the digest. Cluster-safe: one key.
+_CHECK_SCRIPT = LuaScript(LOOKUP_LUA + "return check_record(KEYS[1], ARGV[1], ARGV[2])")
+
+
+@functools.cache
+def record_name_parts() -> tuple[str, str]:
+    """(prefix, suffix) around the id in a record's name, for lookup_key (one server only)."""
+    prefix, suffix = record_key("@").split("@")
+    return prefix, suffix
 
 
 def record_from_reply(flat: list[str] | None) -> dict[str, Any] | None:
@@ -346,7 +366,16 @@ def lookup(r: redis.Redis, secret: str, pepper: bytes) -> dict[str, Any] | None:
 
 def lookup_digest(r: redis.Redis, key_digest: str) -> dict[str, Any] | None:
     """:func:`lookup` for a key whose digest the caller has already computed."""
-    return record_from_reply(_LOOKUP_SCRIPT(r, [digest_key(key_digest)], [record_key(""), key_digest]))
+    if not is_cluster(r):
+        args = [*record_name_parts(), key_digest]
+        return record_from_reply(_LOOKUP_SCRIPT(r, [digest_key(key_digest)], args))
+    return record_from_reply(check_digest(r, r.get(digest_key(key_digest)) or "", key_digest))
+
+
+def check_digest(r: redis.Redis, key_id: str, key_digest: str) -> list[str] | None:
+    """The second call of a cluster's look-up: the record of ``key_id`` ('' for an unknown
+    digest: the same work on an empty name) if it is live and names ``key_digest``."""
+    return _CHECK_SCRIPT(r, [record_key(key_id)], [key_id, key_digest])  # type: ignore[no-any-return]
 
 
 def touch(r: redis.Redis, key_id: str) -> None:
@@ -367,7 +396,7 @@ def revoke_key(r: redis.Redis, key_id: str) -> dict[str, Any] | None:
         return None
     if not record.get("revoked_at"):
         record["revoked_at"] = now_iso()
-        pipe = r.pipeline(transaction=True)
+        pipe = cross_slot_pipeline(r)  # the record's writes first: they end every secret
         pipe.hset(record_key(key_id), mapping={"revoked_at": record["revoked_at"], **_no_previous()})
         pipe.hincrby(record_key(key_id), VERSION_FIELD, 1)
         if record.get("prev_digest"):
@@ -407,6 +436,7 @@ def rotate_key(
     for a revoked or expired one. WATCH makes two concurrent rotations of one key
     fail cleanly instead of leaving three live secrets.
     """
+    cluster = is_cluster(r)
     with r.pipeline(transaction=True) as pipe:
         pipe.watch(record_key(key_id))
         raw = pipe.hgetall(record_key(key_id))
@@ -421,20 +451,34 @@ def rotate_key(
         pipe.multi()
         pipe.hset(record_key(key_id), mapping=fields)
         pipe.hincrby(record_key(key_id), VERSION_FIELD, 1)
-        pipe.set(digest_key(fields["digest"]), key_id)
-        if raw.get("prev_digest"):
-            pipe.delete(digest_key(raw["prev_digest"]))
-        old = digest_key(raw["digest"])
-        if previous["prev_digest"]:
-            pipe.expireat(old, int(previous["prev_expires_ts"]))
-        else:
-            pipe.delete(old)
+        if not cluster:  # one server: the look-ups change in the same MULTI
+            _queue_rotated_lookups(pipe, key_id, raw, fields, previous)
         try:
             pipe.execute()
         except redis.WatchError:
             raise KeyStateError(f"key {key_id} changed during rotation; try again") from None
+    if cluster:
+        # A MULTI cannot span slots: the look-ups follow the record, which already names
+        # the new digest and no longer the old ones, so no secret lives longer meanwhile.
+        lookups = r.pipeline(transaction=False)
+        _queue_rotated_lookups(lookups, key_id, raw, fields, previous)
+        lookups.execute()
     fields[VERSION_FIELD] = str(int(raw.get(VERSION_FIELD) or 0) + 1)
     return _decode({**raw, **fields}), secret
+
+
+def _queue_rotated_lookups(
+    pipe: Any, key_id: str, raw: dict[str, str], fields: dict[str, str], previous: dict[str, str]
+) -> None:
+    """A rotation's look-up changes: the new digest's, and the replaced ones' end."""
+    pipe.set(digest_key(fields["digest"]), key_id)
+    if raw.get("prev_digest"):
+        pipe.delete(digest_key(raw["prev_digest"]))
+    old = digest_key(raw["digest"])
+    if previous["prev_digest"]:
+        pipe.expireat(old, int(previous["prev_expires_ts"]))
+    else:
+        pipe.delete(old)
 
 
 def _ended_at(record: dict[str, Any]) -> float | None:
@@ -453,7 +497,7 @@ def sweep_expired(r: redis.Redis, *, older_than_days: int = SWEEP_AFTER_DAYS) ->
         ended = _ended_at(record)
         if not record.get("digest") or ended is None or ended > cutoff:
             continue
-        pipe = r.pipeline(transaction=True)
+        pipe = cross_slot_pipeline(r)
         pipe.delete(digest_key(record["digest"]))
         if record.get("prev_digest"):
             pipe.delete(digest_key(record["prev_digest"]))

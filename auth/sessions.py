@@ -10,7 +10,7 @@ that reads the session and slides its TTL in the same round trip.
 Saving is conditional: a session is created with ``SET NX`` and only ever
 updated with ``SET XX``, so a request that loaded a session before a logout (or
 a "log out everywhere") deleted it cannot write it back. Each user's sessions
-are indexed in ``gw:sessions:user:<user id>`` (a set of the hashed ids), so
+are indexed per user (``KEYS.user_sessions``: a set of the hashed ids), so
 ending all of them is exact and needs no SCAN.
 
 Requests that present an API key never read or write a session and never get
@@ -40,8 +40,7 @@ from flask.sessions import SessionInterface, SessionMixin
 
 from auth.credentials import presented_key
 from core.extensions import RedisStore
-from core.redis import LuaScript
-from core.redis import key as redis_key
+from core.redis import KEYS, LuaScript
 
 _SID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
 
@@ -78,12 +77,12 @@ def session_key(sid: str) -> str:
 
 
 def _record_key(hashed: str) -> str:
-    return redis_key("sessions", hashed)
+    return KEYS.login_session(hashed)
 
 
 def user_sessions_key(user_id: str) -> str:
     """The set of one user's session ids (hashed, like the records' names)."""
-    return redis_key("sessions", "user", user_id)
+    return KEYS.user_sessions(user_id)
 
 
 def end_user_sessions(r: redis.Redis, user_id: str, *, keep_sid: str | None = None) -> int:

@@ -1,10 +1,10 @@
 """Admin users: creation, password hashing (argon2id), login checks and the account lifecycle
 (password change, disable, enable).
 
-Redis layout: ``gw:users:record:<id>`` (hash: id, email, password_hash,
+Redis layout (names in core.redis.KEYS): the user's record (hash: id, email, password_hash,
 created_at, created_by, disabled_at, password_changed_at, auth_epoch),
-``gw:users:email:<email>`` -> id, ``gw:users:index`` (zset of ids by creation)
-and ``gw:users:enabled`` (set of enabled ids: the one key that decides, atomically,
+the e-mail's look-up -> id, the index (zset of ids by creation)
+and the enabled set (set of enabled ids: the one key that decides, atomically,
 that the last enabled user is never disabled). Only the argon2id hash is stored,
 never the password.
 
@@ -27,8 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from auth.keys import now_iso
-from core.redis import LuaScript
-from core.redis import key as redis_key
+from core.redis import KEYS, LuaScript
 
 MIN_PASSWORD_LENGTH = 12
 # Bounds the hashing work an attacker can ask for with one login attempt.
@@ -120,23 +119,23 @@ def _verify(stored: str, password: str) -> bool:
 
 
 def record_key(user_id: str) -> str:
-    return redis_key("users", "record", user_id)
+    return KEYS.user_record(user_id)
 
 
 def email_key(email: str) -> str:
-    return redis_key("users", "email", normalize_email(email))
+    return KEYS.user_email(normalize_email(email))
 
 
 def index_key() -> str:
-    return redis_key("users", "index")
+    return KEYS.users_index()
 
 
 def enabled_key() -> str:
-    return redis_key("users", "enabled")
+    return KEYS.users_enabled()
 
 
 def _indexed_flag_key() -> str:
-    return redis_key("users", "indexed")
+    return KEYS.users_indexed()
 
 
 def normalize_email(email: str) -> str:
@@ -214,7 +213,7 @@ def _ensure_indexed(r: redis.Redis) -> None:
     # Users made before the index existed are indexed once, by a SCAN of their email keys only.
     if not r.set(_indexed_flag_key(), "1", nx=True):
         return
-    for name in r.scan_iter(match=redis_key("users", "email", "*"), count=1000):
+    for name in r.scan_iter(match=KEYS.user_email("*"), count=1000):
         user_id = r.get(name)
         record = get_user(r, user_id) if user_id else None
         if record is not None:

@@ -24,7 +24,7 @@ import redis
 from flask import Response, jsonify, request
 
 from core.errors import APIError
-from core.redis import LuaScript, key
+from core.redis import KEYS, LuaScript
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -114,7 +114,7 @@ def run_once(
     ``stored`` turns the answer into what is kept (to keep a secret out of Redis in clear),
     ``replay`` turns that back into the answer a repeat gets.
     """
-    record_key = key("idempotency", scope, scoped_digest(owner, idempotency_key))
+    record_key = KEYS.idempotency(scope, scoped_digest(owner, idempotency_key))
     pending = json.dumps({"request": request, "pending": True})
     previous = _CLAIM(r, [record_key], [pending, PENDING_SECONDS])
     if previous:

@@ -62,17 +62,24 @@ REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
     rex.OutOfMemoryError,  # OOM: maxmemory reached under noeviction
     *PRIMARY_LOST,
     rex.TryAgainError,
-    rex.ClusterDownError,
+    # A cluster mid-failover or mid-resharding: CLUSTERDOWN, a slot with no primary yet,
+    # redirections beyond redis-py's retries ("TTL exhausted"), MOVED/ASK left over.
+    rex.ClusterError,  # ClusterDownError is one
+    rex.SlotNotCoveredError,
+    rex.AskError,  # MovedError is one
     RedisRefusedError,
     NotReplicatedError,
 )
+# redis-py's RedisClusterException is mostly a usage error (a bug: 500), except when no node
+# answers while it maps the cluster; those are told by their message alone.
+_CLUSTER_UNREACHABLE = ("cannot be connected", "could not agree on a valid slots cache")
 
 # First words of error replies that redis-py leaves as a bare ResponseError.
 _REFUSED_CODES = frozenset({"BUSY", "MISCONF", "NOREPLICAS"})
 # Every reply code that means "not now", for errors from a client not built here (NOSCRIPT
 # included: a script cache emptied by a flush or a failover; callers reload, else 503).
 _UNAVAILABLE_CODES = _REFUSED_CODES | {
-    "OOM", "READONLY", "LOADING", "MASTERDOWN", "NOSCRIPT", "TRYAGAIN", "CLUSTERDOWN",
+    "OOM", "READONLY", "LOADING", "MASTERDOWN", "NOSCRIPT", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK",
 }  # fmt: skip
 _PIPELINE_PREFIX = "caused error: "  # redis-py's annotation of a pipeline's failed command
 
@@ -89,7 +96,9 @@ def reply_code(exc: BaseException) -> str:
 
 def is_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means Redis cannot serve now (answer 503), False for anything else."""
-    return isinstance(exc, REDIS_UNAVAILABLE) or reply_code(exc) in _UNAVAILABLE_CODES
+    if isinstance(exc, REDIS_UNAVAILABLE) or reply_code(exc) in _UNAVAILABLE_CODES:
+        return True
+    return isinstance(exc, rex.RedisClusterException) and any(m in str(exc) for m in _CLUSTER_UNREACHABLE)
 
 
 def failure_label(exc: BaseException) -> str:
@@ -422,7 +431,7 @@ def _sentinel_pool(target: RedisTarget, options: dict[str, Any]) -> _SentinelPoo
 
 def _cluster(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
     """RedisCluster follows MOVED/ASK itself; its nodes get the same bounded timeouts.
-    (The gateway's scripts are not cluster-safe yet: docs/scaling.md.)"""
+    (Every key carries a hash tag, KEYS; what a cluster changes: docs/redis-cluster.md.)"""
     kept = ("socket_timeout", "socket_connect_timeout", "max_connections", "decode_responses")
     kept += ("client_name", "health_check_interval", "socket_read_size", "retry_on_error")
     auth = {"username": target.username, "password": target.password}
@@ -549,87 +558,236 @@ def _wait(conn: Any, policy: WaitPolicy, opened: int) -> None:
 
 
 def key(*parts: str | int) -> str:
-    """Every Redis key of the gateway: ``gw:<area>:<...>``. Areas are listed in ``KEYS``."""
+    """An untagged ``gw:<...>`` name: only for single-key, per-process things (health marks)
+    and the old layout (core.keymigration). Stored data is named by ``KEYS``."""
     return ":".join((KEY_PREFIX, *map(str, parts)))
 
 
+def tagged(area: str, tag: str, *rest: str | int) -> str:
+    """``gw:<area>:{<tag>}:<rest...>``: Redis Cluster hashes only the part in braces, so the
+    keys one script or MULTI touches carry one tag and land in one slot."""
+    return ":".join((KEY_PREFIX, area, "{" + _safe(tag) + "}", *map(str, rest)))
+
+
+def _safe(tag: str) -> str:
+    # A brace inside would end (or open) the hash tag early: never in ids, guarded anyway.
+    return tag.replace("{", "(").replace("}", ")")
+
+
+def owner_tag(owner: str) -> str:
+    """The tag of an identity: an API key's ``k:<id>``, a user's ``u:<id>`` (owners read
+    ``api_key:<id>`` / ``user:<id>``; rate-limit subjects ``key:<id>`` / ``user:<id>``)."""
+    kind, _, rest = owner.partition(":")
+    ident = rest.split(":", 1)[0]
+    if kind in ("api_key", "key") and ident:
+        return f"k:{ident}"
+    if kind == "user" and ident:
+        return f"u:{ident}"
+    return f"o:{owner}"
+
+
+def subject_tag(subject: str) -> str:
+    """The tag of a rate-limit subject (a limit's key): the identity's, else the client IP's
+    ``ip:<addr>``, else the e-mail digest's ``e:<digest>`` (login limits)."""
+    kind, _, rest = subject.partition(":")
+    if kind in ("key", "user"):
+        return owner_tag(subject)
+    if kind in ("ip", "login-ip"):
+        return f"ip:{rest}"
+    if kind == "login-email-ip":  # <digest>:<ip>: with the IP's other counters
+        return f"ip:{rest.partition(':')[2]}"
+    if kind == "login-email":
+        return f"e:{rest}"
+    return subject
+
+
+def is_cluster(r: Any) -> bool:
+    """True for a Redis Cluster client or its pipeline (ClusterPipeline is a RedisCluster)."""
+    return isinstance(r, RedisCluster)
+
+
+def cross_slot_pipeline(r: Any) -> Any:
+    """A pipeline for writes to keys of several tags: MULTI (all or nothing) on one server;
+    on a cluster a plain pipeline, as a MULTI cannot span slots there: each command is
+    applied in order on its own shard, so a fault midway can leave part of it written."""
+    return r.pipeline(transaction=not is_cluster(r))
+
+
 class KEYS:
-    """Named key builders, one per stored thing, so key layouts live in one place."""
+    """Named key builders, one per stored thing: the whole key layout lives here.
+
+    Every name reads ``gw:<area>:{<tag>}:<what>[:<more>]``. Redis Cluster places a key by
+    its tag alone, so the keys of one Lua script or MULTI share a tag, and tags are per
+    identity wherever that is possible, so data and load spread over the shards:
+
+    ========================  ==============================================================
+    tag                       keys
+    ========================  ==============================================================
+    ``{k:<key id>}``          the key's record ``gw:keys:{k:..}:record``; its rate-limit
+                              counters ``gw:ratelimit:{k:..}:fw:<subject>:<kind>:<n>:<s>``;
+                              its agent-session and stream-slot indexes
+    ``{u:<user id>}``         ``gw:users:{u:..}:record``, the user's counters, its login
+                              sessions' index ``gw:sessions:{u:..}:user`` and agent indexes
+    ``{ip:<addr>}``           every counter of one client IP (anonymous, login, login+e-mail)
+    ``{e:<digest>}``          the login limit of one e-mail across IPs
+    ``{kd:<hmac>}``           ``gw:keys:{kd:..}:digest`` -> key id (looked up by digest alone)
+    ``{ue:<email>}``          ``gw:users:{ue:..}:email`` -> user id
+    ``{ls:<hash>}``           one login session ``gw:sessions:{ls:..}:record``
+    ``{s:<session id>}``      an agent session's hash, messages and reply claims
+    ``{st:<stream id>}``      one agent stream's meta and frames (written in one MULTI)
+    ``{i:<scope>:<digest>}``  one Idempotency-Key record
+    ``{rq:job:<id>}``         a job's claim and cancel marks: the slot of RQ's own job hash
+                              (whose name has no tag, so its tag is the whole name)
+    ``{keys}`` ``{users}``    the key index; the user index, enabled set and indexed flag
+    ``{audit}`` ``{metrics}`` the audit log; the metrics counters and process gauges
+    ``{agents}``              the global agent-session index and message total
+    ``{ev}``                  the events stream, every owner's event index and the events'
+                              Idempotency-Keys: one script appends to all three
+    ``{jobs}``                the job indexes (global, per owner, unfinished per owner): the
+                              jobs' Redis (RQ) is never a cluster, one tag keeps them together
+    ========================  ==============================================================
+
+    ``redis-cli --scan --pattern 'gw:*:{k:key_0123abcd}*'`` lists one key's data. Deployments
+    of the earlier, untagged layout move with ``flask redis migrate-keys`` (core.keymigration).
+    """
+
+    # API keys (auth.keys)
+    @staticmethod
+    def key_record(key_id: str) -> str:
+        return tagged("keys", owner_tag(f"key:{key_id}"), "record")
+
+    @staticmethod
+    def key_digest(key_digest: str) -> str:
+        return tagged("keys", f"kd:{key_digest}", "digest")
+
+    @staticmethod
+    def keys_index() -> str:
+        return tagged("keys", "keys", "index")
+
+    # admin users (auth.users) and their login sessions (auth.sessions)
+    @staticmethod
+    def user_record(user_id: str) -> str:
+        return tagged("users", owner_tag(f"user:{user_id}"), "record")
+
+    @staticmethod
+    def user_email(normalized_email: str) -> str:
+        return tagged("users", f"ue:{normalized_email}", "email")
+
+    @staticmethod
+    def users_index() -> str:
+        return tagged("users", "users", "index")
+
+    @staticmethod
+    def users_enabled() -> str:
+        return tagged("users", "users", "enabled")
+
+    @staticmethod
+    def users_indexed() -> str:
+        return tagged("users", "users", "indexed")
+
+    @staticmethod
+    def login_session(hashed_sid: str) -> str:
+        return tagged("sessions", f"ls:{hashed_sid}", "record")
+
+    @staticmethod
+    def user_sessions(user_id: str) -> str:
+        return tagged("sessions", owner_tag(f"user:{user_id}"), "user")
+
+    # audit (auth.audit)
+    @staticmethod
+    def audit_log() -> str:
+        return tagged("audit", "audit", "log")
+
+    # rate limits (gateway.ratelimit.policies)
+    @staticmethod
+    def rate_counter(tag: str, *name: str | int) -> str:
+        return tagged("ratelimit", tag, *name)
+
+    # idempotency (core.idempotency)
+    @staticmethod
+    def idempotency(scope: str, scoped_digest: str) -> str:
+        return tagged("idempotency", f"i:{scope}:{scoped_digest}")
 
     # agents
     @staticmethod
     def agent_session(session_id: str) -> str:
-        return key("agents", "session", session_id)
+        return tagged("agents", f"s:{session_id}", "session")
 
     @staticmethod
     def agent_messages(session_id: str) -> str:
-        return key("agents", "messages", session_id)
+        return tagged("agents", f"s:{session_id}", "messages")
 
     @staticmethod
     def agent_sessions_index() -> str:
-        return key("agents", "sessions")
+        return tagged("agents", "agents", "sessions")
 
     @staticmethod
     def agent_sessions_by_owner(owner: str) -> str:
-        return key("agents", "owner", owner)
+        return tagged("agents", owner_tag(owner), "sessions", owner)
 
     @staticmethod
     def agent_messages_total() -> str:
-        return key("agents", "stats", "messages")
+        return tagged("agents", "agents", "stats", "messages")
 
     @staticmethod
     def agent_stream(stream_id: str) -> str:
-        return key("agents", "stream", stream_id)
+        return tagged("agents", f"st:{stream_id}", "stream")
 
     @staticmethod
     def agent_stream_frames(stream_id: str) -> str:
-        return key("agents", "stream", stream_id, "frames")
+        return tagged("agents", f"st:{stream_id}", "frames")
 
     @staticmethod
     def agent_stream_slots(owner: str) -> str:
-        return key("agents", "streams", owner)
+        return tagged("agents", owner_tag(owner), "streams", owner)
 
     @staticmethod
     def agent_reply_claim(session_id: str, message_id: str) -> str:
         """The stream answering one user message (one reply per message)."""
-        return key("agents", "reply", session_id, message_id)
+        return tagged("agents", f"s:{session_id}", "reply", message_id)
 
     # events
     @staticmethod
     def events_stream() -> str:
-        return key("events", "stream")
+        return tagged("events", "ev", "stream")
 
     @staticmethod
     def events_by_owner(owner: str) -> str:
-        # The ids of one owner's events (the global stream's ids), for its own paging.
-        return key("events", "owner", owner)
+        # The ids of one owner's events (the global stream's ids), for its own paging; in the
+        # stream's slot, since the append script writes both.
+        return tagged("events", "ev", "owner", owner)
 
     @staticmethod
     def event_idempotency(idempotency_key_digest: str) -> str:
-        return key("events", "idem", idempotency_key_digest)
+        return tagged("events", "ev", "idem", idempotency_key_digest)
 
     # metrics
     @staticmethod
     def metrics_counters() -> str:
-        return key("metrics", "counters")
+        return tagged("metrics", "metrics", "counters")
 
     @staticmethod
     def metrics_processes() -> str:
-        return key("metrics", "processes")
+        return tagged("metrics", "metrics", "processes")
 
     # jobs
     @staticmethod
     def jobs_index() -> str:
-        return key("jobs", "index")
+        return tagged("jobs", "jobs", "index")
 
     @staticmethod
     def jobs_by_owner(owner: str) -> str:
-        return key("jobs", "owner", owner)
+        return tagged("jobs", "jobs", "owner", owner)
 
     @staticmethod
     def jobs_unfinished(owner: str) -> str:
         # Jobs of one owner not yet ended, for the JOBS_QUEUED_MAX cap.
-        return key("jobs", "unfinished", owner)
+        return tagged("jobs", "jobs", "unfinished", owner)
+
+    @staticmethod
+    def job_mark(rq_job_key: str, mark: str) -> str:
+        """``claimed`` / ``canceled`` of one job, in the slot of RQ's ``rq:job:<id>`` hash."""
+        return tagged("jobs", rq_job_key, mark)
 
 
 class LuaScript:

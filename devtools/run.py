@@ -188,6 +188,17 @@ def start_gunicorn(env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     return _start_child(["-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], env)
 
 
+def migrate_keys(env: Mapping[str, str]) -> None:
+    """``flask redis migrate-keys`` before the servers start (core.keymigration; idempotent)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "redis", "migrate-keys"], cwd=ROOT, env=dict(env)
+    )
+    if done.returncode != 0:
+        raise SystemExit(
+            f"flask redis migrate-keys exited with status {done.returncode} (its messages are above)"
+        )
+
+
 def start_job_worker(env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """The production worker command, ``flask --app wsgi jobs worker``."""
     return _start_child(["-m", "flask", "--app", "wsgi", "jobs", "worker"], env)
@@ -216,6 +227,7 @@ def serve(env: dict[str, str], own_redis: bool) -> int:
         if own_redis:
             redis_server = own_redis_server(env)
             redis_server.start()
+        migrate_keys(env)  # a store of an earlier release gets the tagged key names first
         users["web server (gunicorn)"] = start_gunicorn(env)
         wait_healthy(users["web server (gunicorn)"], f"http://127.0.0.1:{env['PORT']}")
         users["job worker"] = start_job_worker(env)

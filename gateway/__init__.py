@@ -40,12 +40,13 @@ def _app_class(config: Mapping[str, Any]) -> type[Gateway]:
 def _init_extensions(app: Flask) -> None:
     # Imported here, not at module level: importing the areas runs their decorators.
     import auth
-    from core import bodies, errors
+    from core import bodies, errors, keymigration
     from core.extensions import redis_store
     from gateway import logging, metrics, ratelimit, security
 
     errors.init_app(app)
     redis_store.init_app(app)
+    app.cli.add_command(keymigration.redis_cli)  # flask redis migrate-keys
     metrics.init_app(app)
     bodies.init_app(app)  # WSGI middleware: bounds how long any body read may take
     # The order a request meets them (DESIGN.md): request id and access log; ProxyFix,

@@ -1,5 +1,5 @@
 """A cluster URL builds a working client against a real three-node cluster, and /readyz
-reports its primaries. (The app's scripts are not cluster-safe yet: docs/scaling.md.)"""
+reports its primaries. The app's behaviour on a cluster: tests/cluster/."""
 
 from __future__ import annotations
 

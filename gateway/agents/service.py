@@ -21,6 +21,7 @@ any number of workers cannot pass the cap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -29,25 +30,21 @@ from typing import Any
 
 import redis
 
-from core.redis import KEYS, LuaScript
+from core.redis import KEYS, LuaScript, cross_slot_pipeline
 
 SESSION_TTL_SECONDS = 7 * 24 * 3600
 HISTORY_LIMIT = 1000
 LIST_LIMIT = 1000  # sessions returned by one list call (newest activity first); total counts all
 DEFAULT_SESSIONS_MAX = 1000  # AGENT_SESSIONS_MAX's default, for callers outside a request
 
-# KEYS: session hash, global index, owner index. ARGV: id, owner, created_at, now, cutoff,
-# ttl, max. The same writes as _touch, after the count, all or nothing.
-_CREATE_CAPPED = LuaScript(
+# KEYS: the owner's index. ARGV: id, now, cutoff, ttl, max. The cap counted and the place
+# taken in one step; the session's own keys (another slot on a cluster) follow.
+_TAKE_PLACE = LuaScript(
     """
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[5])
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then return 0 end
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_by', ARGV[2], 'created_at', ARGV[3],
-  'last_activity', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 )
@@ -86,10 +83,24 @@ def create_session(r: redis.Redis, *, owner: str, max_sessions: int = DEFAULT_SE
     """
     session_id = str(uuid.uuid4())
     now = time.time()
-    keys = (KEYS.agent_session(session_id), KEYS.agent_sessions_index(), KEYS.agent_sessions_by_owner(owner))
-    args = (session_id, owner, _now_iso(), now, now - SESSION_TTL_SECONDS, SESSION_TTL_SECONDS, max_sessions)
-    if not int(_CREATE_CAPPED(r, list(keys), list(args))):
+    by_owner = KEYS.agent_sessions_by_owner(owner)
+    args = [session_id, now, now - SESSION_TTL_SECONDS, SESSION_TTL_SECONDS, max_sessions]
+    if not int(_TAKE_PLACE(r, [by_owner], args)):
         raise SessionLimitReached(max_sessions)
+    created = _now_iso()
+    pipe = cross_slot_pipeline(r)  # the session's slot and the global index's
+    pipe.hset(
+        KEYS.agent_session(session_id),
+        mapping={"id": session_id, "created_by": owner, "created_at": created, "last_activity": created},
+    )
+    pipe.expire(KEYS.agent_session(session_id), SESSION_TTL_SECONDS)
+    pipe.zadd(KEYS.agent_sessions_index(), {session_id: now})
+    try:
+        pipe.execute()
+    except BaseException:
+        with contextlib.suppress(Exception):  # give the place back; else it lapses with the cutoff
+            r.zrem(by_owner, session_id)
+        raise
     return session_id
 
 
@@ -111,7 +122,7 @@ def add_message(r: redis.Redis, *, session: dict[str, str], role: str, content: 
         "content": content,
         "timestamp": _now_iso(),
     }
-    pipe = r.pipeline(transaction=True)
+    pipe = cross_slot_pipeline(r)  # the session's keys, its owner's index, the global ones
     pipe.rpush(KEYS.agent_messages(session_id), json.dumps(message))
     pipe.ltrim(KEYS.agent_messages(session_id), -HISTORY_LIMIT, -1)
     _touch(pipe, session_id, session["created_by"], time.time())

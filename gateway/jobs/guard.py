@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import redis
 
-from core.redis import LuaScript, key
+from core.redis import KEYS, LuaScript
 
 MARK_TTL_SECONDS = 7 * 24 * 3600  # as long as RQ keeps an ended job
 RQ_PREFIX = "rq:"
@@ -54,7 +54,8 @@ return 1
 
 
 def _keys(job_id: str) -> tuple[str, str, str]:
-    return (f"{RQ_PREFIX}job:{job_id}", key("jobs", "claimed", job_id), key("jobs", "canceled", job_id))
+    job = f"{RQ_PREFIX}job:{job_id}"
+    return (job, KEYS.job_mark(job, "claimed"), KEYS.job_mark(job, "canceled"))
 
 
 def cancel(conn: redis.Redis, job_id: str) -> str:

@@ -16,7 +16,10 @@ cost grew with the number of tenants. Here the two travel together:
   no live key has that digest, counts the request against the client IP's limit in
   the same call: guessing keys runs into the per-IP limit at one round trip per guess.
   A live key found there is cached and then admitted as above (two round trips, once
-  per key and worker).
+  per key and worker). On a Redis Cluster the look-up's record and the IP's counters sit
+  on different shards (and the record's name is known only after the look-up), so there
+  it is three calls: GET of the digest's look-up, the record check on the record's shard
+  (auth.keys.check_digest), then the IP's decision (or the key's admission) on theirs.
 * **A lease**: while the worker's entry is fresh (auth.cache.FRESH_SECONDS) and it
   holds a lease for the key's limits (hot keys only, leases.py), no round trip.
 
@@ -26,13 +29,16 @@ Routes with limits of their own (``@limiter.limit``) take the general path in ho
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from auth import keys
 from auth.cache import Entry, KeyCache
 from auth.identity import Identity, admit_identity
 from auth.loaders import key_cache, remember_record, resolve_key
+from core.extensions import get_redis
+from core.redis import is_cluster
 from gateway.ratelimit.backend import decider
-from gateway.ratelimit.decision import DECIDE_FUNCTION, Decision
+from gateway.ratelimit.decision import DECIDE_FUNCTION, Decider, Decision
 from gateway.ratelimit.policies import Policy
 
 PoliciesOf = Callable[[Identity | None], tuple[Policy, ...]]
@@ -52,16 +58,17 @@ return out
 """
 )
 
-# KEYS[1]: the presented digest's look-up; then the client IP's counters. ARGV[1]: the
-# record key prefix; ARGV[2]: the digest; then decide's. Returns {0, record} for a live
-# key (nothing counted), else {1, decision...} on the IP's limits.
+# KEYS[1]: the presented digest's look-up; then the client IP's counters. ARGV[1], ARGV[2]:
+# the record name's prefix and suffix; ARGV[3]: the digest; then decide's. One server only
+# (lookup_key names the record itself): never sent to a cluster (_unknown_reply).
+# Returns {0, record} for a live key (nothing counted), else {1, decision...} on the IP's limits.
 UNKNOWN_LUA = (
     keys.LOOKUP_LUA
     + DECIDE_FUNCTION
     + """
-local record = lookup_key(KEYS[1], ARGV[1], ARGV[2])
+local record = lookup_key(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 if record then return {0, record} end
-local out = decide(1, 2)
+local out = decide(1, 3)
 table.insert(out, 1, 1)
 return out
 """
@@ -109,16 +116,28 @@ def _admit_known(cache: KeyCache, key_digest: str, entry: Entry, policies_of: Po
     return reply
 
 
+def _unknown_reply(limiter: Decider, anonymous: tuple[Policy, ...], key_digest: str) -> Decision | list[Any]:
+    """UNKNOWN_LUA's reply: the IP's decision, or ``[0, record]`` for a live key."""
+    if not is_cluster(get_redis()):
+        args = [*keys.record_name_parts(), key_digest]
+        return limiter.in_redis_or_memory(
+            anonymous, UNKNOWN_LUA, [keys.digest_key(key_digest)], args, memory_ok=False
+        )
+    # A cluster: the look-up, the record and the IP's counters are on shards of their own.
+    r = get_redis()
+    flat = keys.check_digest(r, r.get(keys.digest_key(key_digest)) or "", key_digest)
+    if flat:
+        return [0, flat]
+    return limiter.decide(anonymous)
+
+
 def _admit_unknown(cache: KeyCache, key_digest: str, secret: str, policies_of: PoliciesOf) -> Decision:
     anonymous = policies_of(None)
     limiter = decider()
     if not keys.looks_valid(secret):  # refused offline: only the IP's limits are asked
         admit_identity(None)
         return limiter.decide(anonymous)
-    args = [keys.record_key(""), key_digest]
-    reply = limiter.in_redis_or_memory(
-        anonymous, UNKNOWN_LUA, [keys.digest_key(key_digest)], args, memory_ok=False
-    )
+    reply = _unknown_reply(limiter, anonymous, key_digest)
     if isinstance(reply, Decision):
         admit_identity(None)
         return reply

@@ -8,6 +8,15 @@ and time-to-reset, which is what the headers need. It is registered with redis-p
 ``GATEWAY_FASTPATH`` on, gateway.fastpath.redis sends the same script on connections
 of its own (see there for why and what it saves).
 
+On a Redis Cluster a script's keys must share a slot. An identity's limits do (they carry
+its tag, core.redis.KEYS), and so do one IP's; a request whose limits span subjects (the
+identity and a login limit by e-mail or IP, say) is decided per slot group, one call each,
+in order: when a later group refuses, the units the earlier groups took are given back
+(RETURN_LUA), so what is lost of all-or-nothing is only a concurrent request of the same
+subject seeing those units taken for the moment in between. Such requests take no lease.
+The give-backs there run one call per slot group, not as EVALSHAs in a cluster pipeline.
+On one server (standalone, Sentinel) nothing of this applies: one call, one pipeline.
+
 Redis unreachable: with ``RATELIMIT_FAIL_OPEN`` the worker counts in a per-process
 ``limits`` MemoryStorage until Redis answers again (tried every RECHECK_SECONDS);
 otherwise the error reaches the error layer (503). Closed policies (login) never
@@ -26,9 +35,11 @@ from typing import Any, Protocol
 
 from flask import Flask
 from limits.storage import MemoryStorage
+from redis.cluster import key_slot
 
+from core.extensions import EXTENSION_KEY as REDIS_EXTENSION
 from core.extensions import get_redis
-from core.redis import REDIS_UNAVAILABLE, LuaScript
+from core.redis import REDIS_UNAVAILABLE, LuaScript, is_cluster
 from gateway import fastpath
 from gateway.ratelimit import leases
 from gateway.ratelimit.policies import Policy
@@ -133,14 +144,35 @@ class ScriptTransport:
         return script(get_redis(), keys, args)
 
     def give_back(self, calls: list[tuple[list[str], list[int]]]) -> None:
-        pipe = get_redis().pipeline(transaction=False)
+        r = get_redis()
+        if is_cluster(r):  # no EVALSHA in a cluster pipeline: one call per slot group
+            for keys, args in calls:
+                for group_keys, group_args in split_return(keys, args):
+                    self.return_script(r, group_keys, group_args)
+            return
+        pipe = r.pipeline(transaction=False)
         for keys, args in calls:
             self.return_script(pipe, keys, args)
         pipe.execute()
 
 
+def slot_groups(keys: Sequence[str]) -> list[list[int]]:
+    """Indexes of ``keys`` grouped by cluster slot, groups in order of their first key."""
+    groups: dict[int, list[int]] = {}
+    for i, name in enumerate(keys):
+        groups.setdefault(key_slot(name.encode()), []).append(i)
+    return list(groups.values())
+
+
+def split_return(keys: list[str], args: list[int]) -> list[tuple[list[str], list[int]]]:
+    """RETURN_LUA's KEYS and ARGV (units, expected ttl per key, tolerance) per slot group."""
+    units, expected, tolerance = args[0], args[1:-1], args[-1]
+    return [([keys[i] for i in g], [units, *(expected[i] for i in g), tolerance]) for g in slot_groups(keys)]
+
+
 def _transport(app: Flask) -> Transport:
-    if fastpath.enabled(app.config):
+    # gateway.fastpath.redis drives a standalone pool's raw connections: never a cluster's.
+    if fastpath.enabled(app.config) and not is_cluster(app.extensions.get(REDIS_EXTENSION)):
         from gateway.fastpath.redis import FastTransport
 
         return FastTransport(leases.RETURN_LUA)
@@ -235,6 +267,10 @@ class Decider:
         for policy in policies:
             decide_args += [policy.item.amount, policy.window * 1000]
         counters = [p.redis_key for p in policies]
+        if not keys and len(counters) > 1 and is_cluster(get_redis()):
+            groups = slot_groups(counters)
+            if len(groups) > 1:
+                return self.decide_by_slot(policies, counters, groups, commit=commit)
         taken_at = time.monotonic()
         out = self.transport.run(source, keys + counters, args + decide_args)
         if self.degraded:
@@ -267,6 +303,38 @@ class Decider:
         resets = tuple(ms / 1000 for ms in ttls_ms)
         breached = int(out[0]) - 1 if out[0] else None
         return Decision(tuple(policies), counts, resets, breached, taken_at, checked)
+
+    def decide_by_slot(
+        self, policies: Sequence[Policy], counters: list[str], groups: list[list[int]], *, commit: bool
+    ) -> Decision:
+        """A cluster's decision on limits of several slots: one DECIDE_LUA per group, in order;
+        after a refusal the later groups are only looked at and the earlier ones given back."""
+        n = len(policies)
+        counts, ttls, breached, took = [0] * n, [0] * n, None, []
+        taken_at = time.monotonic()
+        for group in groups:
+            take = commit and breached is None
+            args: list[int] = [1, 1 if take else 0, 1, leases.LEASE_SHARE]
+            for i in group:
+                args += [policies[i].item.amount, policies[i].window * 1000]
+            out = self.transport.run(DECIDE_LUA, [counters[i] for i in group], args)
+            if int(out[0]) and breached is None:
+                breached = group[int(out[0]) - 1]
+            elif take:
+                took.append(group)
+            for j, i in enumerate(group):
+                counts[i], ttls[i] = int(out[2 + 2 * j]), int(out[3 + 2 * j])
+        if breached is not None and took:
+            self.transport.give_back(
+                [
+                    ([counters[i] for i in g], [1, *(ttls[i] for i in g), leases.RETURN_TOLERANCE_MS])
+                    for g in took
+                ]
+            )
+            for i in (i for g in took for i in g):
+                counts[i] -= 1
+        resets = tuple(ms / 1000 for ms in ttls)
+        return Decision(tuple(policies), tuple(counts), resets, breached, taken_at)
 
     def decide_in_memory(self, policies: Sequence[Policy], *, commit: bool = True) -> Decision:
         if not self.degraded:

@@ -14,12 +14,14 @@ Who is counted (CONTRACT section 5):
 
 Fixed windows: a window starts with its first hit and lasts the limit's period. Each
 policy has a counter of its own, named by subject, kind, amount and window
-(``gw:ratelimit:fw:key:<id>:quota:100:3600``): a rate and a quota of the same window,
-or two amounts of one window, are counted apart, so each holds exactly. A changed
+(``gw:ratelimit:{k:<id>}:fw:key:<id>:quota:100:3600``): a rate and a quota of the same
+window, or two amounts of one window, are counted apart, so each holds exactly. A changed
 limit is a new policy and starts a counter of its own (the old one runs out with its
-window). The names are those of earlier releases, so counters in flight survive a
-deploy; the strategy name is part of them, so a future strategy never reads a
-counter of another shape.
+window). The strategy name is part of the names, so a future strategy never reads a
+counter of another shape. The hash tag is the limit key's (core.redis.subject_tag): an
+identity's counters sit in its key record's slot, an IP's together, so on a Redis Cluster
+a request's limits are one or two slot groups (decision.py). Counters of the untagged
+names of earlier releases are not migrated: they run out with their windows.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from limits import RateLimitItem, parse_many
 
 from auth.identity import Identity
-from core.redis import key
+from core.redis import KEYS, subject_tag
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,9 @@ class Policy:
     ietf: str  # this policy's item of the RateLimit-Policy header (fixed, so made once)
 
     @classmethod
-    def build(cls, name: str, kind: str, item: RateLimitItem, subject: str) -> Policy:
+    def build(cls, name: str, kind: str, item: RateLimitItem, subject: str, tag: str | None = None) -> Policy:
         window = int(item.get_expiry())
-        redis_key = counter_key(subject, kind, item.amount, window)
+        redis_key = counter_key(subject, kind, item.amount, window, tag=tag)
         return cls(name, kind, item, subject, window, redis_key, f'"{name}";q={item.amount};w={window}')
 
     @property
@@ -75,10 +77,13 @@ class Policy:
         return self.kind == LOGIN
 
 
-def counter_key(subject: str, kind: str, amount: int | str, window: int) -> str:
+def counter_key(
+    subject: str, kind: str, amount: int | str, window: int | str, *, tag: str | None = None
+) -> str:
     """The Redis key counting one policy: which policy it is, not only which window, so
-    policies never share a counter."""
-    return key("ratelimit", STRATEGY, subject, kind, amount, window)
+    policies never share a counter. ``tag``: the subject's (a route limit's subject adds its
+    scope to the limit key: the tag is the limit key's, given by the caller)."""
+    return KEYS.rate_counter(tag or subject_tag(subject), STRATEGY, subject, kind, amount, window)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -87,14 +92,16 @@ def parse_limit_items(value: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(value))
 
 
-def build_policies(name: str, kind: str, items: Iterable[RateLimitItem], subject: str) -> tuple[Policy, ...]:
+def build_policies(
+    name: str, kind: str, items: Iterable[RateLimitItem], subject: str, tag: str | None = None
+) -> tuple[Policy, ...]:
     """The policies of some limit items on one subject, named ``name`` (by window where several)."""
     # A limit written twice is one policy (its counter would otherwise be taken twice).
     unique = list({(i.amount, int(i.get_expiry())): i for i in items}.values())
     if len(unique) == 1:
-        return (Policy.build(name, kind, unique[0], subject),)
+        return (Policy.build(name, kind, unique[0], subject, tag),)
     windows = [int(item.get_expiry()) for item in unique]
-    return tuple(Policy.build(_policy_name(name, item, windows), kind, item, subject) for item in unique)
+    return tuple(Policy.build(_policy_name(name, item, windows), kind, item, subject, tag) for item in unique)
 
 
 def _policy_name(name: str, item: RateLimitItem, windows: list[int]) -> str:
@@ -161,10 +168,10 @@ def declared_policies(items: Sequence[RateLimitItem], identifiers: tuple[str, ..
     if named is not None:
         # Built fresh, not cached: subjects chosen by strangers must not evict cached policies.
         kind, name = named
-        return build_policies(name, kind, items, ":".join(identifiers[:-1]))
-    return _route_policies(tuple(items), ":".join(identifiers))
+        return build_policies(name, kind, items, ":".join(identifiers[:-1]), subject_tag(identifiers[0]))
+    return _route_policies(tuple(items), ":".join(identifiers), subject_tag(identifiers[0]))
 
 
 @functools.lru_cache(maxsize=4096)
-def _route_policies(items: tuple[RateLimitItem, ...], subject: str) -> tuple[Policy, ...]:
-    return build_policies(ROUTE, ROUTE, items, subject)
+def _route_policies(items: tuple[RateLimitItem, ...], subject: str, tag: str) -> tuple[Policy, ...]:
+    return build_policies(ROUTE, ROUTE, items, subject, tag)

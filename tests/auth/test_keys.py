@@ -84,8 +84,10 @@ def test_lookup_answers_none_alike_for_unknown_revoked_and_expired(r: redis.Redi
     # The script's raw reply is the same nil for all three: nothing tells them apart.
     for secret in (keys.generate_secret(), revoked_secret, expired_secret):
         key_digest = keys.digest(secret, PEPPER)
-        reply = keys._LOOKUP_SCRIPT(r, [keys.digest_key(key_digest)], [keys.record_key(""), key_digest])
+        reply = keys._LOOKUP_SCRIPT(r, [keys.digest_key(key_digest)], [*keys.record_name_parts(), key_digest])
         assert reply is None
+    live_digest = keys.digest(live_secret, PEPPER)
+    assert keys._LOOKUP_SCRIPT(r, [keys.digest_key(live_digest)], [*keys.record_name_parts(), live_digest])
 
 
 def test_record_fields(r: redis.Redis) -> None:

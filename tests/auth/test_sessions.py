@@ -10,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from auth.sessions import session_key
+from core.redis import KEYS
 from tests.auth.conftest import EMAIL, ORIGIN, PASSWORD
 
 COOKIE = "gw_session"
@@ -146,7 +147,7 @@ def test_foreign_origin_cookie_post_changes_nothing(
         response = client.post("/admin/keys", json=body, headers=headers)
         assert response.status_code == 403, headers
         assert response.get_json()["status_code"] == 403
-    assert r.zcard("gw:keys:index") == 0
+    assert r.zcard(KEYS.keys_index()) == 0
     response = client.post("/auth/logout", headers={"Origin": "https://evil.example"})
     assert response.status_code == 403
     assert client.get("/auth/me").status_code == 200

@@ -191,7 +191,7 @@ def test_a_damaged_counter_is_replaced_not_a_500(
     client = make_app(RATELIMIT_ANONYMOUS="3/minute").test_client()
     ip = {"REMOTE_ADDR": "198.51.100.40"}
     assert client.get("/", environ_base=ip).status_code == 200
-    (counter,) = r.keys("gw:ratelimit:fw:ip:198.51.100.40:*")
+    (counter,) = r.keys("gw:ratelimit:{ip:198.51.100.40}:fw:ip:198.51.100.40:*")
     r.delete(counter)
     if damage == "no_expiry":
         r.set(counter, 999)  # would block the client forever if trusted

@@ -226,11 +226,14 @@ class SmallCluster:
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
         deadline = time.monotonic() + 15
-        with redis.Redis(port=self.nodes[0].port, socket_timeout=0.5) as c:
-            while c.cluster("info").get("cluster_state") != "ok":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the cluster did not reach state ok")
-                time.sleep(0.1)
+        # Every node, not the first alone: one that has not yet seen the others answers
+        # CLUSTERDOWN (seen under load, after node 0 was already ok).
+        for node in self.nodes:
+            with redis.Redis(port=node.port, socket_timeout=0.5) as c:
+                while c.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the cluster did not reach state ok")
+                    time.sleep(0.1)
         return self
 
     def stop(self) -> None:
