@@ -19,7 +19,9 @@ event (CONTRACT.md) with the same key.
 N, N keys with a 600/minute limit, cycled round-robin, measured against bare in
 paired rounds, with the Redis commands and script calls (round trips) per request.
 ``--stored 100000`` then stores that many keys, reports Redis memory per key, and
-measures 1,000 of them cycled.
+measures 1,000 of them cycled. ``--redis cluster`` runs the gateway on a Redis Cluster
+of its own (3 primaries, 3 replicas; devtools/redis_cluster.py), the job queue on a
+standalone server beside it.
 
 Load generator: ``wrk`` (Debian/Ubuntu: ``apt-get install wrk``). Without it, a
 built-in generator (threads holding keep-alive connections) is used; its own
@@ -93,8 +95,8 @@ class Bench:
     args: argparse.Namespace
     bare: GunicornServer
     gateway: GunicornServer
-    redis_url: str
-    redis_pid: int
+    redis_urls: list[str]  # each Redis node's own URL (one, or every node of a cluster)
+    redis_pids: list[int]
     load: loads.Load
     gateway_log: Path | None = None
     log_offset: int = 0
@@ -111,18 +113,23 @@ class Bench:
         return [d for d in map(_duration, complete.splitlines()) if d is not None]
 
     def commands_processed(self) -> tuple[int, int]:
-        """Redis's count of commands (those scripts run included) and of script calls."""
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            stats = client.info("commandstats")
-            scripts = sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
-            return int(client.info("stats")["total_commands_processed"]), scripts
-        finally:
-            client.close()
+        """Redis's count of commands (those scripts run included) and of script calls, all nodes."""
+        commands = scripts = 0
+        for url in self.redis_urls:
+            client = redis.Redis.from_url(url)
+            try:
+                stats = client.info("commandstats")
+                scripts += sum(
+                    int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval")
+                )
+                commands += int(client.info("stats")["total_commands_processed"]) - 2  # less the two INFOs
+            finally:
+                client.close()
+        return commands, scripts
 
     def measure(self, name: str, server: GunicornServer, target: loads.Target) -> dict[str, float]:
         """One load of ``target``: requests/s, p99, server CPU and Redis commands per request."""
-        pids = [*_server_pids(server), self.redis_pid]
+        pids = [*_server_pids(server), *self.redis_pids]
         cpu_before, commands_before = _cpu_seconds(pids), self.commands_processed()
         self.access_durations()  # skip what earlier loads wrote
         result = self.load(target, self.args.duration, self.args.connections)
@@ -142,8 +149,7 @@ class Bench:
             f"{name}_p99_ms": result.p99_ms,
             # Server-side CPU (gunicorn + Redis) per request, in microseconds.
             f"{name}_cpu_us": cpu / served * 1e6,
-            # Less the two INFO calls themselves.
-            f"{name}_redis_commands": (commands - 2) / served,
+            f"{name}_redis_commands": commands / served,
             # Script calls: on the secured hot path, its Redis round trips (one per call).
             f"{name}_redis_scripts": scripts / served,
         }
@@ -278,6 +284,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="also measure N distinct keys (600/minute each) cycled round-robin, for each N",
     )
     parser.add_argument(
+        "--redis",
+        choices=("standalone", "cluster"),
+        default="standalone",
+        help="the gateway's Redis: one server, or a 3-primary, 3-replica Redis Cluster of its own",
+    )
+    parser.add_argument(
         "--stored",
         type=int,
         default=0,
@@ -323,7 +335,7 @@ def _environment(redis_url: str, workers: int, extra: list[tuple[str, str]]) -> 
     }
 
 
-def _run(args: argparse.Namespace, env: dict[str, str], redis_pid: int, work: Path) -> dict[str, object]:
+def _run(args: argparse.Namespace, env: dict[str, str], nodes: RedisNodes, work: Path) -> dict[str, object]:
     from bench import tenants
 
     use_wrk = args.tool == "wrk" or (args.tool == "auto" and shutil.which("wrk"))
@@ -338,7 +350,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], redis_pid: int, work: Pa
         for server in servers:
             server.start(timeout=30)
         load = loads.wrk if use_wrk else loads.python_load
-        bench = Bench(args, servers[0], servers[1], env["REDIS_URL"], redis_pid, load, work / "gateway.log")
+        bench = Bench(args, servers[0], servers[1], nodes.urls, nodes.pids, load, work / "gateway.log")
         report = _report(args, "wrk" if use_wrk else "python", _rounds(bench, key))
         if args.tenants:
             report["tenants"] = [tenants.measure(bench, env, n) for n in args.tenants]
@@ -350,19 +362,36 @@ def _run(args: argparse.Namespace, env: dict[str, str], redis_pid: int, work: Pa
             server.stop()
 
 
+@dataclass
+class RedisNodes:
+    urls: list[str]  # each node's own URL, for INFO
+    pids: list[int]  # for the server-side CPU
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the side-by-side benchmark; exit status 1 when the ratio misses the target."""
     from devtools.redis_server import RedisServer
 
     args = _parse(list(sys.argv[1:] if argv is None else argv))
     work = Path(tempfile.mkdtemp(prefix="bench-secured-"))
-    redis_server = RedisServer(work)
+    redis_server = RedisServer(work / "standalone")  # the gateway's store, or on a cluster RQ's
     redis_server.start()
+    cluster = None
     try:
         assert redis_server.process is not None
-        env = _environment(redis_server.url, args.workers, args.env)
-        report = _run(args, env, redis_server.process.pid, work)
+        nodes = RedisNodes([redis_server.url], [redis_server.process.pid])
+        url, extra = redis_server.url, list(args.env)
+        if args.redis == "cluster":
+            from devtools.redis_cluster import Cluster
+
+            cluster = Cluster(work / "cluster").start()
+            nodes = RedisNodes(cluster.node_urls, cluster.pids())
+            url, extra = cluster.url, [("JOBS_REDIS_URL", redis_server.url), *extra]
+        report = _run(args, _environment(url, args.workers, extra), nodes, work)
+        report["redis"] = args.redis
     finally:
+        if cluster is not None:
+            cluster.stop()
         redis_server.stop()
     if args.json:
         print(json.dumps(report))

@@ -88,21 +88,25 @@ def measure_stored(
     bench: Bench, env: Mapping[str, str], stored: int, cycled: int = 1000
 ) -> dict[str, object]:
     """With ``stored`` more keys in Redis: memory per key, and ``cycled`` of them measured."""
-    used_before = _used_memory(bench.redis_url)
+    used_before = _used_memory(bench.redis_urls)
     secrets = create_keys(env, stored, rate_limit=f"{TENANT_LIMIT_PER_MINUTE}/minute")
-    per_key = (_used_memory(bench.redis_url) - used_before) / stored
+    per_key = (_used_memory(bench.redis_urls) - used_before) / stored
     row = _measure_keys(bench, secrets[:cycled])
     return {"stored_keys": stored, "redis_bytes_per_key": round(per_key), "tenants": cycled, **row}
 
 
-def _used_memory(url: str) -> int:
+def _used_memory(urls: list[str]) -> int:
+    """``used_memory`` summed over the Redis nodes (replicas included on a cluster)."""
     import redis
 
-    client = redis.Redis.from_url(url)
-    try:
-        return int(client.info("memory")["used_memory"])
-    finally:
-        client.close()
+    total = 0
+    for url in urls:
+        client = redis.Redis.from_url(url)
+        try:
+            total += int(client.info("memory")["used_memory"])
+        finally:
+            client.close()
+    return total
 
 
 def _measure_keys(bench: Bench, secrets: list[str]) -> dict[str, object]:

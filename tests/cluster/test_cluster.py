@@ -21,7 +21,7 @@ from auth.loaders import pepper
 from auth.scopes import ALL_SCOPES
 from core import keymigration
 from core.redis import KEYS
-from tests.cluster.conftest import Cluster
+from devtools.redis_cluster import Cluster
 from tests.support import script_calls
 
 pytestmark = pytest.mark.topology
@@ -176,7 +176,7 @@ def test_a_primary_killed_mid_traffic_gives_503s_not_500s_and_recovers(
     key_id, headers = bearer(rate_limit="1000000/minute")
     client = cluster_app.test_client()
     assert client.get("/events", headers=headers).status_code == 200
-    victim = redis_cluster.primary_of(rc, KEYS.key_record(key_id))
+    victim = int(rc.get_node_from_key(KEYS.key_record(key_id)).port)
     statuses: list[tuple[float, int]] = []
     stop = threading.Event()
 

@@ -5,9 +5,7 @@ and a small cluster. Every process runs on a free port in its own tmp dir, and i
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -178,81 +176,3 @@ def start_sentinel_set(directory: Path, replicas: int = 1) -> SentinelSet:
     except RuntimeError as exc:
         topology.stop()
         pytest.skip(f"could not start a Sentinel set: {exc}")
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free and below 65536 too."""
-    for _ in range(200):
-        port = free_port()
-        if port > 55535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-class ClusterNodeServer(RedisServer):
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory, _cluster_port())
-
-    def command(self) -> list[str]:
-        conf = str(self.directory / "nodes.conf")
-        return [*super().command(), "--cluster-enabled", "yes", "--cluster-config-file", conf]
-
-
-class SmallCluster:
-    """Three primaries, no replicas, slots spread by ``redis-cli --cluster create``."""
-
-    def __init__(self, directory: Path, size: int = 3) -> None:
-        self.nodes = [ClusterNodeServer(directory / f"node{i}") for i in range(size)]
-
-    @property
-    def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
-
-    def start(self) -> SmallCluster:
-        for node in self.nodes:
-            node.start()
-        cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
-        if cli is None:
-            raise RuntimeError("no redis-cli to create the cluster")
-        hosts = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run(
-            [cli, "--cluster", "create", *hosts, "--cluster-yes"],
-            check=True, capture_output=True, timeout=30,
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        # Every node, not the first alone: one that has not yet seen the others answers
-        # CLUSTERDOWN (seen under load, after node 0 was already ok).
-        for node in self.nodes:
-            with redis.Redis(port=node.port, socket_timeout=0.5) as c:
-                while c.cluster("info").get("cluster_state") != "ok":
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the cluster did not reach state ok")
-                    time.sleep(0.1)
-        return self
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            with contextlib.suppress(Exception):
-                node.stop()
-
-
-def start_cluster(directory: Path) -> SmallCluster:
-    """A running cluster, or the test skipped with the reason."""
-    try:
-        find_redis_server()
-    except RedisServerNotFound as exc:
-        pytest.skip(str(exc))
-    cluster: SmallCluster | None = None
-    try:
-        cluster = SmallCluster(directory)
-        return cluster.start()
-    except (RuntimeError, subprocess.SubprocessError) as exc:
-        if cluster is not None:
-            cluster.stop()
-        pytest.skip(f"could not start a Redis cluster: {exc}")
