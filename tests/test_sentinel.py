@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from auth.loaders import pepper
 from auth.scopes import ALL_SCOPES
 from devtools.gunicorn import GunicornServer
 from gateway import create_app
+from tests.support.instances import exact_on
 from tests.support.topology import Replica, SentinelSet, start_sentinel_set
 
 pytestmark = pytest.mark.topology
@@ -383,3 +384,10 @@ def test_each_thread_pins_its_own_connection(sentinels: SentinelSet) -> None:
     assert ids["a"][0] == ids["a"][1] and ids["b"][0] == ids["b"][1]
     assert ids["a"][0] != ids["b"][0]
     client.close()
+
+
+@pytest.mark.gunicorn
+def test_exact_across_two_instances_on_sentinel(
+    sentinels: SentinelSet, gunicorn: Callable[..., GunicornServer], test_env: dict[str, str]
+) -> None:
+    exact_on(sentinels.url, {}, gunicorn, test_env)
