@@ -803,3 +803,14 @@ class LuaScript:
         if self.script is None:
             self.script = r.register_script(self.source)
         return self.script(keys=keys, args=args, client=r)
+
+
+def hash_reply(reply: Any) -> dict[str, Any]:
+    """HGETALL's reply from a pipeline as a dict. redis-py 7.4's cluster pipeline in
+    transaction mode runs only its cluster-specific response callbacks, so there HGETALL
+    comes back as the flat list ``[field, value, ...]`` (a resumed stream answered 500 on a
+    cluster, tests/cluster/test_cluster.py); one server's pipeline gives the dict already."""
+    if isinstance(reply, dict):
+        return reply
+    items = list(reply or [])
+    return dict(zip(items[::2], items[1::2], strict=True))

@@ -24,7 +24,7 @@ from auth.loaders import pepper
 from auth.scopes import ALL_SCOPES
 from devtools.gunicorn import GunicornServer
 from gateway import create_app
-from tests.support.instances import exact_on
+from tests.support.instances import exact_on, stream_and_resume
 from tests.support.topology import Replica, SentinelSet, start_sentinel_set
 
 pytestmark = pytest.mark.topology
@@ -391,3 +391,8 @@ def test_exact_across_two_instances_on_sentinel(
     sentinels: SentinelSet, gunicorn: Callable[..., GunicornServer], test_env: dict[str, str]
 ) -> None:
     exact_on(sentinels.url, {}, gunicorn, test_env)
+
+
+def test_a_stream_resumes_on_sentinel(sentinels: SentinelSet) -> None:
+    app = _app(sentinels.url)
+    stream_and_resume(app.test_client(), _key(app))

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from core.redis import KEYS, REDIS_UNAVAILABLE
+from core.redis import KEYS, REDIS_UNAVAILABLE, hash_reply
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ class FrameLog:
         pipe = self.r.pipeline(transaction=True)
         pipe.hgetall(KEYS.agent_stream(self.stream_id))
         pipe.lrange(KEYS.agent_stream_frames(self.stream_id), after, -1)
-        meta, entries = pipe.execute()
+        raw_meta, entries = pipe.execute()
+        meta = hash_reply(raw_meta)
         frames = [_decode(self.frame_id(n), entry) for n, entry in enumerate(entries, start=after + 1)]
         return meta, frames
 
@@ -161,7 +162,8 @@ def find_resume_point(r: redis.Redis, last_event_id: str, *, session_id: str, tt
     pipe = r.pipeline(transaction=True)
     pipe.hgetall(KEYS.agent_stream(stream_id))
     pipe.llen(KEYS.agent_stream_frames(stream_id))
-    meta, stored = pipe.execute()
+    raw_meta, stored = pipe.execute()
+    meta = hash_reply(raw_meta)
     if not meta or meta.get("session_id") != session_id:
         return None
     # An id past the stored frames is a client that got frames a crashed producer never

@@ -23,6 +23,7 @@ from core import keymigration
 from core.redis import KEYS
 from devtools.redis_cluster import Cluster
 from tests.support import script_calls
+from tests.support.instances import stream_and_resume
 
 pytestmark = pytest.mark.topology
 
@@ -247,3 +248,9 @@ def test_the_fastpath_switch_keeps_redis_on_the_cluster_client(
     _, headers = bearer(rate_limit="3/minute")
     client = app.test_client()
     assert [client.get("/events", headers=headers).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_a_stream_resumes_on_the_cluster(
+    client: FlaskClient, bearer: Callable[..., tuple[str, dict[str, str]]]
+) -> None:
+    stream_and_resume(client, bearer()[1])

@@ -1,14 +1,17 @@
-"""Exactness across gunicorn instances on any Redis topology (standalone, Sentinel, Cluster)."""
+"""Behaviour checked on every Redis topology (standalone, Sentinel, Cluster): exactness across
+gunicorn instances, streams and their resume."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from auth import keys
 from auth.loaders import pepper
 from core.redis import create_redis
 from devtools.gunicorn import GunicornServer
 from gateway import create_app
+from tests.agents.sse_client import Event, parse
 from tests.ratelimit.test_exactness import LIMIT, REQUESTS, hammer
 
 
@@ -29,3 +32,29 @@ def exact_on(
     urls = [first.url + "/auth/me", second.url + "/auth/me"]
     statuses = hammer(urls, {"Authorization": f"Bearer {secret}"})
     assert statuses == {200: LIMIT, 429: REQUESTS - LIMIT}, (record["id"], statuses)
+
+
+def stream_and_resume(client: Any, headers: dict[str, str]) -> None:
+    """A reply streamed whole, resumed from its middle (the frames after it, replayed from
+    Redis), and from its last frame (204: nothing left)."""
+    session = client.post("/agents/session", headers=headers).get_json()["session_id"]
+    message = {"session_id": session, "role": "user", "content": "What is the weather like?"}
+    assert client.post("/agents/message", json=message, headers=headers).status_code == 200
+    first = _events(client, headers, session)
+    assert first[-1].json["type"] == "done" and len(first) > 2
+    middle = len(first) // 2
+    resumed = _events(client, headers, session, first[middle].id)
+    assert [(e.id, e.data) for e in resumed] == [(e.id, e.data) for e in first[middle + 1 :]]
+    url = f"/agents/stream?session_id={session}"
+    assert client.get(url, headers={**headers, "Last-Event-ID": first[-1].id}).status_code == 204
+
+
+def _events(client: Any, headers: dict[str, str], session: str, after: str | None = None) -> list[Event]:
+    extra = {"Last-Event-ID": after} if after else {}
+    response = client.get(
+        f"/agents/stream?session_id={session}", headers={**headers, **extra}, buffered=False
+    )
+    assert response.status_code == 200
+    events, _ = parse(response.get_data(as_text=True))
+    response.close()
+    return events
