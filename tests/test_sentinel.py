@@ -24,7 +24,7 @@ from auth.loaders import pepper
 from auth.scopes import ALL_SCOPES
 from devtools.gunicorn import GunicornServer
 from gateway import create_app
-from tests.support.instances import exact_on, stream_and_resume
+from tests.support.instances import exact_on, session_login_logout, stream_and_resume
 from tests.support.topology import Replica, SentinelSet, start_sentinel_set
 
 pytestmark = pytest.mark.topology
@@ -396,3 +396,7 @@ def test_exact_across_two_instances_on_sentinel(
 def test_a_stream_resumes_on_sentinel(sentinels: SentinelSet) -> None:
     app = _app(sentinels.url)
     stream_and_resume(app.test_client(), _key(app))
+
+
+def test_an_admin_session_on_sentinel(sentinels: SentinelSet) -> None:
+    session_login_logout(_app(sentinels.url))

@@ -23,7 +23,7 @@ from core import keymigration
 from core.redis import KEYS
 from devtools.redis_cluster import Cluster
 from tests.support import script_calls
-from tests.support.instances import stream_and_resume
+from tests.support.instances import session_login_logout, stream_and_resume
 
 pytestmark = pytest.mark.topology
 
@@ -254,3 +254,7 @@ def test_a_stream_resumes_on_the_cluster(
     client: FlaskClient, bearer: Callable[..., tuple[str, dict[str, str]]]
 ) -> None:
     stream_and_resume(client, bearer()[1])
+
+
+def test_an_admin_session_on_the_cluster(cluster_app: Flask) -> None:
+    session_login_logout(cluster_app)

@@ -1,17 +1,21 @@
 """Behaviour checked on every Redis topology (standalone, Sentinel, Cluster): exactness across
-gunicorn instances, streams and their resume."""
+gunicorn instances, streams and their resume, admin sessions."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from auth import keys
+from flask import Flask
+
+from auth import keys, users
 from auth.loaders import pepper
+from core.extensions import EXTENSION_KEY as REDIS_EXTENSION
 from core.redis import create_redis
 from devtools.gunicorn import GunicornServer
 from gateway import create_app
 from tests.agents.sse_client import Event, parse
+from tests.auth.conftest import EMAIL, ORIGIN, PASSWORD
 from tests.ratelimit.test_exactness import LIMIT, REQUESTS, hammer
 
 
@@ -58,3 +62,15 @@ def _events(client: Any, headers: dict[str, str], session: str, after: str | Non
     events, _ = parse(response.get_data(as_text=True))
     response.close()
     return events
+
+
+def session_login_logout(app: Flask) -> None:
+    """An admin logs in (a server-side session in Redis), is known by the cookie, logs out."""
+    users.create_user(app.extensions[REDIS_EXTENSION], email=EMAIL, password=PASSWORD)
+    client = app.test_client()
+    origin = {"Origin": ORIGIN}
+    login = client.post("/auth/login", json={"email": EMAIL, "password": PASSWORD}, headers=origin)
+    assert login.status_code == 200
+    assert client.get("/auth/me").get_json()["type"] == "user"
+    assert client.post("/auth/logout", headers=origin).status_code == 200
+    assert client.get("/auth/me").status_code == 401
