@@ -95,7 +95,9 @@ def test_a_forked_child_never_writes_the_lines_its_parent_held(
     assert batch.lines and batch.loop.owned()
     monkeypatch.setattr(forks, "_pid", forks.pid() + 1)  # as seen from a forked child
     batch.flush()
-    assert written == []  # the parent's to write
+    # The parent's to write. (Other lines may pass meanwhile: a background loop of an earlier
+    # test's app, whose Redis is gone, logs its failed metrics flush once a second.)
+    assert not [w for w in written if '"gateway.access"' in w]
     client.get("/")  # the child's first line starts its own loop and drops the copy
     assert len(batch.lines) == 1 and batch.loop.owned()
     monkeypatch.undo()
