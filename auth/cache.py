@@ -81,9 +81,7 @@ class KeyCache:
     def get(self, key_digest: str) -> Identity | None:
         """The identity when the entry is fresh (trusted without asking Redis)."""
         entry = self.known(key_digest)
-        if entry is None or time.monotonic() - entry.checked >= self.ttl:
-            return None
-        return entry.identity
+        return entry.identity if entry is not None and self.fresh(entry) else None
 
     def known(self, key_digest: str) -> Entry | None:
         """The entry while it is kept and the key not expired, fresh or not: its version

@@ -411,11 +411,16 @@ def _pool(target: RedisTarget, options: dict[str, Any]) -> _ReapingPool:
     return pool
 
 
+def _auth(target: RedisTarget) -> dict[str, str]:
+    """The URL's username and password, those it gives (redis-py's defaults otherwise)."""
+    given = {"username": target.username, "password": target.password}
+    return {k: v for k, v in given.items() if v}
+
+
 def _sentinel_pool(target: RedisTarget, options: dict[str, Any]) -> _SentinelPool:
     """Through redis-py's public Sentinel API; the password (as in ``limits``) is the
     sentinels' and the primary's, and TLS applies to both."""
-    auth = {"username": target.username, "password": target.password}
-    auth = {k: v for k, v in auth.items() if v}
+    auth = _auth(target)
     tls = {"ssl": True} if target.tls else {}
     # The sentinels get the same short timeouts and no retry: a dead sentinel must not hold
     # a request (redis-py's default retries 3 times with backoffs of seconds), the next
@@ -433,13 +438,11 @@ def _cluster(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
     """RedisCluster follows MOVED/ASK itself; its nodes get the same bounded timeouts.
     (Every key carries a hash tag, KEYS; what a cluster changes: docs/redis-cluster.md.)"""
     kept = ("socket_timeout", "socket_connect_timeout", "max_connections", "decode_responses")
-    kept += ("client_name", "health_check_interval", "socket_read_size", "retry_on_error")
-    auth = {"username": target.username, "password": target.password}
+    kept += ("client_name", "health_check_interval", "socket_read_size", "retry_on_error", "retry")
     client = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
         ssl=target.tls,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-        **{k: v for k, v in auth.items() if v},
+        **_auth(target),
         **{k: options[k] for k in kept if k in options},
     )
     client.gw_target = target  # type: ignore[attr-defined]

@@ -136,11 +136,11 @@ def test_wait_settings() -> None:
         load_config(_env("redis+cluster://n:1", JOBS_REDIS_URL="redis://q:1/0", REDIS_WAIT_REPLICAS="1"))
 
 
-def test_the_fast_path_runs_on_a_standalone_redis_only() -> None:
-    assert fastpath.enabled({"REDIS_URL": "redis://cache:1/0"})
-    assert not fastpath.enabled({"REDIS_URL": "redis+sentinel://s1:1/m"})
-    assert not fastpath.enabled({"REDIS_URL": "redis+cluster://n:1"})
-    assert not fastpath.enabled({"REDIS_URL": "redis://cache:1/0", "GATEWAY_FASTPATH": False})
+def test_the_redis_fast_path_runs_on_a_standalone_redis_only() -> None:
+    assert fastpath.redis_enabled({"REDIS_URL": "redis://cache:1/0"})
+    assert not fastpath.redis_enabled({"REDIS_URL": "redis+sentinel://s1:1/m"})
+    assert not fastpath.redis_enabled({"REDIS_URL": "redis+cluster://n:1"})
+    assert not fastpath.redis_enabled({"REDIS_URL": "redis://cache:1/0", "GATEWAY_FASTPATH": False})
 
 
 def _env(url: str, **more: str) -> dict[str, str]:

@@ -29,12 +29,16 @@ SWITCH = "GATEWAY_FASTPATH"
 
 
 def enabled(config: Mapping[str, Any]) -> bool:
-    """True when the shortcuts may be used (``GATEWAY_FASTPATH``, on by default).
+    """True when the shortcuts may be used (``GATEWAY_FASTPATH``, on by default)."""
+    return bool(config.get(SWITCH, True))
 
-    Only on a standalone Redis: the fast path drives raw connections of the app client's
-    pool by hand, which a cluster client has none of, and which on Sentinel would bypass
-    the pinning and failover handling that redis-py's client calls go through."""
-    if not config.get(SWITCH, True):
+
+def redis_enabled(config: Mapping[str, Any]) -> bool:
+    """True when the Redis shortcut (gateway.fastpath.redis) may be used: the switch, and a
+    standalone Redis. It drives raw connections of the app client's pool by hand, which a
+    cluster client has none of, and which on Sentinel would bypass the pinning and failover
+    handling that redis-py's client calls go through. The other shortcuts do not touch Redis."""
+    if not enabled(config):
         return False
     url = config.get("REDIS_URL")
     return not url or parse_redis_target("REDIS_URL", url).topology == STANDALONE

@@ -37,7 +37,6 @@ from flask import Flask
 from limits.storage import MemoryStorage
 from redis.cluster import key_slot
 
-from core.extensions import EXTENSION_KEY as REDIS_EXTENSION
 from core.extensions import get_redis
 from core.redis import REDIS_UNAVAILABLE, LuaScript, is_cluster
 from gateway import fastpath
@@ -171,8 +170,7 @@ def split_return(keys: list[str], args: list[int]) -> list[tuple[list[str], list
 
 
 def _transport(app: Flask) -> Transport:
-    # gateway.fastpath.redis drives a standalone pool's raw connections: never a cluster's.
-    if fastpath.enabled(app.config) and not is_cluster(app.extensions.get(REDIS_EXTENSION)):
+    if fastpath.redis_enabled(app.config):  # standalone only: it drives a pool's raw connections
         from gateway.fastpath.redis import FastTransport
 
         return FastTransport(leases.RETURN_LUA)
