@@ -33,6 +33,8 @@ class Identity(UserMixin):
     scopes: frozenset[str]
     rate_limit: str | None = None
     quota: str | None = None
+    token_quota: str | None = None  # tokens of agent replies, "N/period"
+    allowed_ips: tuple[str, ...] = ()  # CIDRs; empty: any client IP
     # Server-side session id for users (None for API keys); lets logout delete it.
     session_id: str | None = field(default=None, compare=False)
 

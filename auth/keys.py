@@ -159,6 +159,8 @@ def _parse_iso(value: str) -> float:
 def _decode(raw: dict[str, str]) -> dict[str, Any]:
     record: dict[str, Any] = {k: (v or None) for k, v in raw.items()}
     record["scopes"] = json.loads(raw.get("scopes") or "[]")
+    # Records written before allow-lists existed have no field: any IP.
+    record["allowed_ips"] = json.loads(raw.get("allowed_ips") or "[]")
     return record
 
 
@@ -244,6 +246,8 @@ def create_key(
     scopes: Iterable[str],
     rate_limit: str | None = None,
     quota: str | None = None,
+    token_quota: str | None = None,
+    allowed_ips: Iterable[str] = (),
     expires_in_days: int | None = None,
     created_by: str | None = None,
 ) -> tuple[dict[str, Any], str]:
@@ -264,6 +268,9 @@ def create_key(
         "scopes": json.dumps(list(scopes)),
         "rate_limit": rate_limit or "",
         "quota": quota or "",
+        "token_quota": token_quota or "",
+        # CIDRs as given by the caller (validated in auth.management); an empty list: any IP.
+        "allowed_ips": json.dumps(list(allowed_ips)),
         "created_at": now_iso(),
         "expires_at": _iso(expires) if expires else "",
         # Epoch seconds for the look-up script, which cannot parse ISO dates cheaply.

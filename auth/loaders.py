@@ -27,6 +27,8 @@ def identity_from_record(record: dict[str, Any]) -> Identity:
         scopes=frozenset(record["scopes"]),
         rate_limit=record.get("rate_limit") or None,
         quota=record.get("quota") or None,
+        token_quota=record.get("token_quota") or None,
+        allowed_ips=tuple(record.get("allowed_ips") or ()),
     )
 
 
