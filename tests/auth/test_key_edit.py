@@ -4,15 +4,19 @@ form is tested in tests/admin/console/test_key_edit_form.py."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+import requests
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from auth import audit, keys
 from auth.loaders import pepper
+from devtools.gunicorn import GunicornServer
 
 
 def _key(app: Flask, r: redis.Redis, **fields: object) -> tuple[dict, str]:
@@ -155,3 +159,40 @@ def test_cli_update_refusals(app: Flask, runner: FlaskCliRunner, r: redis.Redis)
     keys.revoke_key(r, record["id"])
     revoked = runner.invoke(args=["keys", "update", record["id"], "--name", "x"])
     assert revoked.exit_code != 0 and "revoked" in revoked.output
+
+
+def _statuses(url: str, path: str, secret: str, count: int = 32) -> list[int]:
+    """GETs on fresh connections, in parallel, so gunicorn spreads them over its workers."""
+
+    def one(_: int) -> int:
+        headers = {"X-API-Key": secret, "Connection": "close"}
+        return requests.get(url + path, headers=headers, timeout=10).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+@pytest.mark.gunicorn
+def test_an_edit_reaches_every_gunicorn_worker_within_one_second(
+    gunicorn: Callable[..., GunicornServer], runner: FlaskCliRunner
+) -> None:
+    url = gunicorn(workers=2).url
+    made = runner.invoke(args=["keys", "create", "--name", "admin", "--scope", "admin", "--json"])
+    admin = {"X-API-Key": json.loads(made.output)["key"], "Connection": "close"}
+    made = runner.invoke(args=["keys", "create", "--name", "svc", "--scope", "jobs:read", "--json"])
+    key = json.loads(made.output)
+    assert set(_statuses(url, "/jobs", key["key"])) == {200}  # warm in every worker
+    # Scopes removed over the API (one worker answers; the other learns from the version).
+    edit = requests.patch(
+        f"{url}/admin/keys/{key['id']}", json={"scopes": ["agents:read"]}, headers=admin, timeout=10
+    )
+    changed = time.monotonic()
+    assert edit.status_code == 200, edit.text
+    time.sleep(max(0.0, changed + 1.0 - time.monotonic()))
+    assert set(_statuses(url, "/jobs", key["key"])) == {403}
+    assert set(_statuses(url, "/auth/me", key["key"])) == {200}
+    # The allow-list narrowed by the CLI (no worker is told): the test client is 127.0.0.1.
+    assert runner.invoke(args=["keys", "update", key["id"], "--allow-ip", "203.0.113.0/24"]).exit_code == 0
+    changed = time.monotonic()
+    time.sleep(max(0.0, changed + 1.0 - time.monotonic()))
+    assert set(_statuses(url, "/auth/me", key["key"])) == {403}
