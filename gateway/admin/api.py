@@ -347,7 +347,7 @@ def list_users() -> Response:
           responses={200: UserChangeView})  # fmt: skip
 def change_password(email: str) -> Response:
     """New password; every session of the user ends, except the caller's own when it is theirs."""
-    body = parse_json(PasswordChange)
+    body = parse_json(PasswordChange, empty_ok=True)
     r = get_redis()
 
     def change() -> management.UserChange:
