@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import redis
@@ -127,3 +128,13 @@ def test_bad_allowed_ips_and_token_quota_are_400(
     assert answer.status_code == 400
     assert answer.get_json()["error"].startswith("token_quota must be a limit such as")
     assert r.zcard(keys.index_key()) == 1  # only the admin key itself
+
+
+def test_patch_is_in_the_openapi_document(app: Flask) -> None:
+    document = app.test_client().get("/openapi.json").get_json()
+    (path,) = [p for p in document["paths"] if p.startswith("/admin/keys/{") and p.count("/") == 3]
+    patch = document["paths"][path]["patch"]
+    body = patch["requestBody"]["content"]["application/json"]["schema"]
+    assert "KeyUpdate" in json.dumps(body) and {"200", "409"} <= set(patch["responses"])
+    props = json.dumps(document["components"]["schemas"]["KeyUpdate"])
+    assert "allowed_ips" in props and "token_quota" in props
