@@ -11,12 +11,14 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from redis.cluster import RedisCluster
 
 from auth import keys
 from auth.cache import FRESH_SECONDS
 from auth.identity import OUTSIDE_ALLOWED_IPS
 from auth.loaders import pepper
 from gateway import create_app
+from tests.cluster.conftest import cluster_app, rc, redis_cluster  # noqa: F401 (fixtures)
 
 OFFICE_V4 = "203.0.113.0/24"
 OFFICE_V6 = "2001:db8:1::/48"
@@ -30,7 +32,7 @@ def _key(app: Flask, r: redis.Redis, *cidrs: str) -> tuple[dict, str]:
     )  # fmt: skip
 
 
-def counters(r: redis.Redis) -> dict[str, bytes | None]:
+def counters(r: redis.Redis | RedisCluster) -> dict[str, bytes | None]:
     """Every rate-limit and quota counter (the key's, and any IP's), as raw values."""
     return {name: r.dump(name) for name in r.scan_iter("gw:ratelimit:*")}  # type: ignore[misc]
 
@@ -137,4 +139,21 @@ def test_an_edit_narrowing_or_widening_the_list_applies_before_counting(
     assert counters(r) == before
     keys.update_key(r, record["id"], {"allowed_ips": []})
     time.sleep(FRESH_SECONDS)
+    assert _get(client, "/auth/me", secret, "198.51.100.1").status_code == 200
+
+
+@pytest.mark.topology
+def test_allow_list_and_edit_on_a_redis_cluster(cluster_app: Flask, rc: RedisCluster) -> None:  # noqa: F811
+    """The edit's MULTI stays on the record's slot; the refusal counts nothing on any shard."""
+    admin = keys.create_key(rc, pepper=pepper(cluster_app), name="admin", scopes=["admin"])[1]
+    client = cluster_app.test_client()
+    headers = {"X-API-Key": admin}
+    made = client.post("/admin/keys", json={"name": "c", "allowed_ips": [OFFICE_V4]}, headers=headers)
+    assert made.status_code == 201, made.get_json()
+    key_id, secret = made.get_json()["id"], made.get_json()["key"]
+    before = counters(rc)
+    assert_refused(_get(client, "/auth/me", secret, "198.51.100.1"))
+    assert counters(rc) == before
+    widened = client.patch(f"/admin/keys/{key_id}", json={"allowed_ips": []}, headers=headers)
+    assert widened.status_code == 200 and widened.get_json()["allowed_ips"] == []
     assert _get(client, "/auth/me", secret, "198.51.100.1").status_code == 200
