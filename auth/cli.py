@@ -58,6 +58,10 @@ def _print_secret(view: dict[str, Any], verb: str) -> None:
 @click.option("--scope", "scopes", multiple=True, type=click.Choice(ALL_SCOPES), help="Repeat for each.")
 @click.option("--rate-limit", default=None, help="e.g. 100/minute (default: RATELIMIT_DEFAULT).")
 @click.option("--quota", default=None, help="e.g. 10000/day.")
+@click.option("--token-quota", default=None, help="Tokens of agent replies, e.g. 100000/day.")
+@click.option(
+    "--allow-ip", "allowed_ips", multiple=True, help="IP or CIDR the key works from; repeat for each."
+)
 @click.option("--expires-in-days", type=click.IntRange(1, management.MAX_EXPIRES_IN_DAYS), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def create_key(
@@ -65,14 +69,14 @@ def create_key(
     scopes: tuple[str, ...],
     rate_limit: str | None,
     quota: str | None,
+    token_quota: str | None,
+    allowed_ips: tuple[str, ...],
     expires_in_days: int | None,
     as_json: bool,
 ) -> None:
     """Create an API key and print its secret once."""
     try:
-        # Checked here first only so that the message names the option the operator typed.
-        management.validate_limit("--rate-limit", rate_limit)
-        management.validate_limit("--quota", quota)
+        _check_limit_options(rate_limit=rate_limit, quota=quota, token_quota=token_quota)
         record, secret = management.create_key(
             _redis(),
             pepper=pepper(),
@@ -81,6 +85,8 @@ def create_key(
             scopes=scopes,
             rate_limit=rate_limit,
             quota=quota,
+            token_quota=token_quota,
+            allowed_ips=allowed_ips,
             expires_in_days=expires_in_days,
         )
     except ValueError as exc:
@@ -90,6 +96,24 @@ def create_key(
         _print_json(view)
     else:
         _print_secret(view, "Created")
+
+
+def _check_limit_options(**values: str | None) -> None:
+    # Checked here first only so that the message names the option the operator typed.
+    for name, value in values.items():
+        management.validate_limit("--" + name.replace("_", "-"), value)
+
+
+def _describe(v: dict[str, Any]) -> str:
+    """One key on one line (no secret)."""
+    limits = [f"{name} {v[name]}" for name in ("rate_limit", "quota", "token_quota") if v.get(name)]
+    ips = ", ".join(v.get("allowed_ips") or []) or "any"
+    return (
+        f"{v['id']}  {v['status']:<8} {v['prefix']}...{v['last4']}  {v['name']}  [{', '.join(v['scopes'])}]"
+        f"{'  ' + '  '.join(limits) if limits else ''}  ips {ips}"
+        f"  created {v['created_at']}  expires {v['expires_at'] or 'never'}"
+        f"  last used {v['last_used_at'] or 'never'}"
+    )
 
 
 @keys_cli.command("list")
@@ -103,15 +127,78 @@ def list_keys(as_json: bool) -> None:
     if not views:
         click.echo("No keys yet: flask --app wsgi keys create --name NAME --scope SCOPE")
     for v in views:
-        shown = f"{v['prefix']}...{v['last4']}"
-        click.echo(
-            f"{v['id']}  {v['status']:<8} {shown}  {v['name']}  [{', '.join(v['scopes'])}]"
-            f"  created {v['created_at']}  expires {v['expires_at'] or 'never'}"
-            f"  last used {v['last_used_at'] or 'never'}"
-        )
+        click.echo(_describe(v))
         # The replaced secret still in its grace period, so nobody forgets it still works.
         for secret in v["secrets"][1:]:
             click.echo(f"    also live: {secret['prefix']}...{secret['last4']} until {secret['expires_at']}")
+
+
+@keys_cli.command("show")
+@click.argument("key_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (no secret).")
+def show_key(key_id: str, as_json: bool) -> None:
+    """Show one key (no secret)."""
+    record = keys.get_key(_redis(), key_id)
+    if record is None:
+        raise click.ClickException(f"no key with id {key_id}")
+    view = keys.public_view(record)
+    click.echo(json.dumps(view, indent=2) if as_json else _describe(view))
+
+
+def _update_changes(options: dict[str, Any]) -> dict[str, Any]:
+    """The edit the options ask for: only what was given; the --no-*/--clear-* flags clear."""
+    changes: dict[str, Any] = {}
+    if options["name"] is not None:
+        changes["name"] = options["name"]
+    if options["scopes"] or options["clear_scopes"]:
+        changes["scopes"] = list(options["scopes"])
+    for field in ("rate_limit", "quota", "token_quota", "expires_in_days"):
+        if options[f"no_{field}"]:
+            changes[field] = None
+        elif options[field] is not None:
+            changes[field] = options[field]
+    if options["allowed_ips"] or options["clear_allowed_ips"]:
+        changes["allowed_ips"] = list(options["allowed_ips"])
+    return changes
+
+
+@keys_cli.command("update")
+@click.argument("key_id")
+@click.option("--name", default=None, help="A new name.")
+@click.option(
+    "--scope", "scopes", multiple=True, type=click.Choice(ALL_SCOPES), help="The new scopes; repeat."
+)
+@click.option("--clear-scopes", is_flag=True, help="Remove every scope.")
+@click.option("--rate-limit", default=None, help="e.g. 100/minute.")
+@click.option("--no-rate-limit", is_flag=True, help="Back to RATELIMIT_DEFAULT.")
+@click.option("--quota", default=None, help="e.g. 10000/day.")
+@click.option("--no-quota", is_flag=True, help="Remove the quota.")
+@click.option("--token-quota", default=None, help="e.g. 100000/day.")
+@click.option("--no-token-quota", is_flag=True, help="Remove the token quota.")
+@click.option("--expires-in-days", type=click.IntRange(1, management.MAX_EXPIRES_IN_DAYS), default=None,
+              help="Expire N days from now.")  # fmt: skip
+@click.option("--no-expires-in-days", "--never-expires", is_flag=True, help="Never expire.")
+@click.option("--allow-ip", "allowed_ips", multiple=True, help="The new allow-list (replaces it); repeat.")
+@click.option("--clear-allowed-ips", "--allow-any-ip", is_flag=True, help="Allow any client IP again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the key as one JSON object (no secret).")
+def update_key(key_id: str, as_json: bool, **options: Any) -> None:
+    """Edit a key in place (same secret); every worker sees the change within one second."""
+    changes = _update_changes(options)
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option (see --help)")
+    try:
+        _check_limit_options(
+            **{k: changes[k] for k in ("rate_limit", "quota", "token_quota") if k in changes}
+        )
+        record = management.update_key(_redis(), actor=_actor(), key_id=key_id, cache=None, changes=changes)
+    except KeyStateError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if record is None:
+        raise click.ClickException(f"no key with id {key_id}")
+    view = keys.public_view(record)
+    click.echo(json.dumps(view, indent=2) if as_json else "Updated " + _describe(view))
 
 
 @keys_cli.command("revoke")

@@ -8,6 +8,8 @@ auth.loaders registers, ``current_user``, and its login and logout signals.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,6 +17,7 @@ from flask import Flask, g, has_request_context, request
 from flask_login import LoginManager, UserMixin, current_user, user_logged_in, user_logged_out
 
 from auth.credentials import presented_key
+from auth.errors import Forbidden
 from auth.scopes import grants
 
 IdentityType = Literal["api_key", "user"]
@@ -50,6 +53,43 @@ class Identity(UserMixin):
 
     def as_json(self) -> dict[str, object]:
         return {"type": self.type, "id": self.id, "name": self.name, "scopes": sorted(self.scopes)}
+
+
+OUTSIDE_ALLOWED_IPS = "This API key may not be used from this client IP address."
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=4096)
+def _networks(cidrs: tuple[str, ...]) -> tuple[_Network, ...]:
+    # Parsed once per allow-list and process: the check then costs a few comparisons.
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def ip_allowed(identity: Identity, client_ip: str) -> bool:
+    """True when ``identity`` may be used from ``client_ip`` (an empty allow-list: any IP).
+
+    An IPv4 client seen as IPv4-mapped IPv6 (``::ffff:203.0.113.9``, dual-stack sockets) is
+    matched as the IPv4 address it is. An unparsable address never matches a list.
+    """
+    if not identity.allowed_ips:
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _networks(identity.allowed_ips))
+
+
+def refuse_outside_allowed_ips(identity: Identity | None, client_ip: str) -> None:
+    """403 (auth.errors.Forbidden) for a key used from outside its ``allowed_ips``.
+
+    Called before any limit or quota is counted (gateway.ratelimit), so a key used from
+    the wrong network cannot spend its owner's allowance.
+    """
+    if identity is not None and not ip_allowed(identity, client_ip):
+        raise Forbidden(OUTSIDE_ALLOWED_IPS)
 
 
 login_manager = LoginManager()  # bound by init_app; auth.loaders registers its loaders

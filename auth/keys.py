@@ -55,6 +55,8 @@ PUBLIC_FIELDS = (
     "scopes",
     "rate_limit",
     "quota",
+    "token_quota",
+    "allowed_ips",
     "created_at",
     "expires_at",
     "last_used_at",
@@ -197,7 +199,10 @@ def live_secrets(record: dict[str, Any], now: float | None = None) -> list[dict[
 
 
 def secret_view(record: dict[str, Any], secret: str) -> dict[str, Any]:
-    """The one-time answer of create and rotate (CONTRACT section 6, `keys create --json`)."""
+    """The one-time answer of create and rotate (CONTRACT section 6, `keys create --json`).
+
+    Exactly the contract's fields: token_quota and allowed_ips are in every public view
+    (show, list, the edit's answer), not in this fixed object."""
     return {
         "id": record["id"],
         "name": record["name"],
@@ -258,9 +263,6 @@ def create_key(
     """
     secret = generate_secret()
     key_id = "key_" + secrets.token_hex(8)
-    expires = None
-    if expires_in_days is not None:
-        expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=expires_in_days)
     fields = {
         "id": key_id,
         "name": name,
@@ -272,9 +274,7 @@ def create_key(
         # CIDRs as given by the caller (validated in auth.management); an empty list: any IP.
         "allowed_ips": json.dumps(list(allowed_ips)),
         "created_at": now_iso(),
-        "expires_at": _iso(expires) if expires else "",
-        # Epoch seconds for the look-up script, which cannot parse ISO dates cheaply.
-        "expires_ts": str(int(expires.timestamp())) if expires else "",
+        **_expiry_fields(expires_in_days),
         "last_used_at": "",
         "revoked_at": "",
         "rotated_at": "",
@@ -289,6 +289,15 @@ def create_key(
     pipe.set(digest_key(fields["digest"]), key_id)
     pipe.execute()
     return _decode(fields), secret
+
+
+def _expiry_fields(expires_in_days: int | None) -> dict[str, str]:
+    """``expires_at`` and ``expires_ts`` for a key ending ``expires_in_days`` from now (None: never)."""
+    if expires_in_days is None:
+        return {"expires_at": "", "expires_ts": ""}
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=expires_in_days)
+    # Epoch seconds for the look-up script, which cannot parse ISO dates cheaply.
+    return {"expires_at": _iso(expires), "expires_ts": str(int(expires.timestamp()))}
 
 
 def get_key(r: redis.Redis, key_id: str) -> dict[str, Any] | None:
@@ -513,3 +522,52 @@ def sweep_expired(r: redis.Redis, *, older_than_days: int = SWEEP_AFTER_DAYS) ->
         pipe.execute()
         swept += 1
     return swept
+
+
+# Fields an edit may change (auth.management validates the values), and how each is stored.
+EDITABLE_FIELDS = ("name", "scopes", "rate_limit", "quota", "token_quota", "allowed_ips", "expires_in_days")
+
+
+def _stored_changes(changes: dict[str, Any]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for name, value in changes.items():
+        if name not in EDITABLE_FIELDS:
+            raise ValueError(f"{name} cannot be edited")
+        if name == "expires_in_days":
+            fields.update(_expiry_fields(value))
+        elif name in ("scopes", "allowed_ips"):
+            fields[name] = json.dumps(list(value or ()))
+        else:
+            fields[name] = value or ""
+    return fields
+
+
+def update_key(
+    r: redis.Redis, key_id: str, changes: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Change a key's fields in place (the secret stays); returns (before, after) records,
+    None for an unknown key; KeyStateError for a revoked one.
+
+    The fields and the version bump are one MULTI on the record alone (one hash tag, so
+    also one slot on a cluster): a worker sees either the old record at the old version or
+    the new one at the new version, and its next admission call re-reads it before counting
+    anything. WATCH turns a concurrent change of the same key into a clean refusal.
+    """
+    fields = _stored_changes(changes)
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch(record_key(key_id))
+        raw = pipe.hgetall(record_key(key_id))
+        if not raw:
+            return None
+        before = _decode(raw)
+        if key_status(before) == "revoked":
+            raise KeyStateError(f"key {key_id} is revoked and cannot be edited")
+        pipe.multi()
+        if fields:
+            pipe.hset(record_key(key_id), mapping=fields)
+        pipe.hincrby(record_key(key_id), VERSION_FIELD, 1)
+        try:
+            version = pipe.execute()[-1]
+        except redis.WatchError:
+            raise KeyStateError(f"key {key_id} changed during the edit; try again") from None
+    return before, _decode({**raw, **fields, VERSION_FIELD: str(version)})

@@ -13,6 +13,7 @@ inside the one-second promise of CONTRACT section 6.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,9 @@ from core.redis import acknowledged
 MAX_NAME_LENGTH = 100
 MAX_EXPIRES_IN_DAYS = 3650
 MAX_GRACE_SECONDS = 7 * 86400
+# Kong's ip-restriction and Unkey put no small cap on a list; 100 entries cover an office, a
+# VPN and a cloud region's ranges while keeping the per-request check a short loop.
+MAX_ALLOWED_IPS = 100
 
 
 def validate_name(name: str) -> str:
@@ -49,6 +53,64 @@ def validate_limit(field: str, value: str | None) -> str | None:
     except ValueError:
         pass
     raise ValueError(f"{field} must be a limit such as '100/minute' or '10000/day', got {clip(value)!r}")
+
+
+def validate_allowed_ips(values: Iterable[Any] | None) -> list[str]:
+    """IPv4/IPv6 CIDRs or bare addresses, normalised (``10.0.0.1`` -> ``10.0.0.1/32``), deduplicated.
+
+    A CIDR with host bits set (``10.0.0.7/24``) is refused rather than widened to its network,
+    as Python's ``ipaddress`` does by default: the typist meant either one host or a range, and
+    silently allowing 256 addresses when one was meant is the wrong way to guess.
+    """
+    if values is None:
+        return []
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise ValueError("allowed_ips must be a list of IP addresses or CIDRs")
+    items = list(values)
+    if len(items) > MAX_ALLOWED_IPS:
+        raise ValueError(f"allowed_ips holds at most {MAX_ALLOWED_IPS} entries")
+    networks: list[str] = []
+    for item in items:
+        network = _network(item)
+        if network not in networks:
+            networks.append(network)
+    return networks
+
+
+def _network(item: Any) -> str:
+    if not isinstance(item, str) or not item.strip():
+        raise ValueError("allowed_ips entries must be IP addresses or CIDRs such as '203.0.113.0/24'")
+    text = item.strip()
+    try:
+        return ipaddress.ip_network(text).with_prefixlen
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False).with_prefixlen
+    except ValueError:
+        raise ValueError(
+            f"allowed_ips: {clip(text)!r} is not an IPv4 or IPv6 address or CIDR (such as '203.0.113.0/24')"
+        ) from None
+    raise ValueError(f"allowed_ips: {clip(text)!r} has host bits set; did you mean {loose!r}?")
+
+
+def validate_key_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The same checks for every field of a key, at creation and at an edit (None clears)."""
+    checks = {
+        "name": validate_name,
+        "scopes": lambda v: list(validate_scopes(list(v or ()))),
+        "rate_limit": lambda v: validate_limit("rate_limit", v),
+        "quota": lambda v: validate_limit("quota", v),
+        "token_quota": lambda v: validate_limit("token_quota", v),
+        "allowed_ips": validate_allowed_ips,
+        "expires_in_days": validate_expires_in_days,
+    }
+    unknown = sorted(set(fields) - set(checks))
+    if unknown:
+        raise ValueError(f"{clip(unknown[0])} is not a field of a key")
+    if "name" in fields and fields["name"] is None:
+        raise ValueError("name cannot be cleared")
+    return {name: checks[name](value) for name, value in fields.items()}
 
 
 def validate_expires_in_days(value: int | None) -> int | None:
@@ -73,20 +135,26 @@ def create_key(
     scopes: Iterable[str],
     rate_limit: str | None = None,
     quota: str | None = None,
+    token_quota: str | None = None,
+    allowed_ips: Iterable[str] | None = None,
     expires_in_days: int | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Validate, store and audit a new key; returns (record, secret)."""
-    record, secret = keys.create_key(
-        r,
-        pepper=pepper,
-        name=validate_name(name),
-        scopes=validate_scopes(list(scopes)),
-        rate_limit=validate_limit("rate_limit", rate_limit),
-        quota=validate_limit("quota", quota),
-        expires_in_days=validate_expires_in_days(expires_in_days),
-        created_by=actor.owner,
+    fields = validate_key_fields(
+        {
+            "name": name,
+            "scopes": scopes,
+            "rate_limit": rate_limit,
+            "quota": quota,
+            "token_quota": token_quota,
+            "allowed_ips": allowed_ips,
+            "expires_in_days": expires_in_days,
+        }
     )
+    record, secret = keys.create_key(r, pepper=pepper, created_by=actor.owner, **fields)
     details = {"name": record["name"], "scopes": record["scopes"], "expires_at": record["expires_at"]}
+    if record["allowed_ips"]:
+        details["allowed_ips"] = record["allowed_ips"]
     audit.record(r, actor, "key.create", key_id=record["id"], details=details)
     return record, secret
 
@@ -123,6 +191,35 @@ def rotate_key(
         audit.record(r, actor, "key.rotate", key_id=key_id, details=details)
         _forget(cache, key_id)
     return rotated
+
+
+# What an edit's audit entry shows of each changed field (the record's stored names).
+_SHOWN = {"expires_in_days": "expires_at"}
+
+
+@acknowledged
+def update_key(
+    r: redis.Redis, *, actor: Actor, key_id: str, cache: KeyCache | None, changes: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Validate, apply and audit an edit (the secret stays); returns the new record.
+
+    None for an unknown key, KeyStateError for a revoked one, ValueError for a bad value (the
+    same sentences as at creation). ``changes`` holds only the fields to change; None clears an
+    optional one. The record's version is bumped with the change (auth.keys.update_key), so
+    every worker re-reads it on its next request of this key; ``cache`` as for revoke_key.
+    """
+    updated = keys.update_key(r, key_id, validate_key_fields(changes))
+    if updated is None:
+        return None
+    before, after = updated
+    changed = {}
+    for name in changes:
+        shown = _SHOWN.get(name, name)
+        if before.get(shown) != after.get(shown):
+            changed[shown] = {"before": before.get(shown), "after": after.get(shown)}
+    audit.record(r, actor, "key.update", key_id=key_id, details={"name": after["name"], "changes": changed})
+    _forget(cache, key_id)
+    return after
 
 
 def _forget(cache: KeyCache | None, key_id: str) -> None:

@@ -83,9 +83,50 @@ def _message_for(model: type[BaseModel], error: Mapping[str, Any]) -> str:
     specific = messages.get((name, error["type"])) or messages.get(name)
     if specific:
         return specific
-    # Both may quote the client (an unknown field's name, a validator's "got '...'"): bounded.
+    # May quote the client (an unknown field's name, a validator's "got '...'"): bounded.
     where = ".".join(clip(part) for part in loc)
-    return f"{where}: {clip(error['msg'], limit=MAX_DETAIL)}"
+    return clip(_sentence(where, error), limit=MAX_DETAIL)
+
+
+# Pydantic's error types as the gateway's own sentences: its wording ("Field required",
+# "Input should be ...", links to errors.pydantic.dev) is the library's, not the API's.
+_PHRASES = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "extra_forbidden": "is not an accepted field",
+}
+_BOUNDS = {
+    "string_too_short": "must be at least {min_length} characters",
+    "string_too_long": "must be at most {max_length} characters",
+    "too_short": "must hold at least {min_length} items",
+    "too_long": "must hold at most {max_length} items",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be greater than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+}
+
+
+def _sentence(where: str, error: Mapping[str, Any]) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])  # a validator's own sentence, already naming its field
+    if kind in _PHRASES:
+        return f"{where} {_PHRASES[kind]}"
+    if kind in _BOUNDS:
+        try:
+            return f"{where} {_BOUNDS[kind].format(**ctx)}"
+        except (KeyError, IndexError):
+            pass
+    return f"{where} is not valid"
 
 
 def validate(model: type[M], data: Any) -> M:
@@ -96,11 +137,13 @@ def validate(model: type[M], data: Any) -> M:
         raise APIError(400, _message_for(model, exc.errors()[0])) from None
 
 
-def json_object() -> dict[str, Any]:
-    """The request body as a non-empty JSON object.
+def json_object(*, empty_ok: bool = False) -> dict[str, Any]:
+    """The request body as a non-empty JSON object (``empty_ok``: ``{}`` too).
 
     415 when a body is sent as another type; 400 when it is missing, not strict JSON
-    (core.strict_json, the app's one parser), or not an object with members.
+    (core.strict_json, the app's one parser), or not an object with members. Routes
+    newer than the FastAPI era pass ``empty_ok``, so that ``{}`` is validated and the
+    answer names the missing field rather than saying no data came.
     """
     raw = request.get_data(cache=True)
     if not raw.strip():
@@ -108,14 +151,14 @@ def json_object() -> dict[str, Any]:
     if not request.is_json:
         raise APIError(415, "Unsupported Media Type")
     data = request.get_json()  # strict; a refusal raises the 400 with its reason
-    if not isinstance(data, dict) or not data:
+    if not isinstance(data, dict) or not (data or empty_ok):
         raise APIError(400, NO_JSON)  # the FastAPI-era answer for `{}` and non-objects alike
     return data
 
 
-def parse_json(model: type[M]) -> M:
+def parse_json(model: type[M], *, empty_ok: bool = False) -> M:
     """The request body (see :func:`json_object`) validated as ``model``."""
-    return validate(model, json_object())
+    return validate(model, json_object(empty_ok=empty_ok))
 
 
 def parse_query(model: type[M]) -> M:

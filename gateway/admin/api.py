@@ -12,13 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from auth import audit, keys, management, require_scope, users
 from auth.keys import KeyStateError
 from auth.loaders import key_cache, pepper
 from auth.login import keep_own_session, own_session_id, request_actor
-from auth.scopes import ADMIN, validate_scopes
+from auth.scopes import ADMIN
 from core import idempotency
 from core.errors import APIError
 from core.extensions import get_redis
@@ -30,29 +30,61 @@ KEY_NOT_FOUND = "Key not found"
 USER_NOT_FOUND = "User not found"
 
 
-class KeyCreate(Schema):
+def _checked(name: str, value: Any) -> Any:
+    """One field through the checks creation and edits share (auth.management)."""
+    return management.validate_key_fields({name: value})[name]
+
+
+class KeyFields(Schema):
+    """What a key carries besides its secret; validated by auth.management for every front end."""
+
+    scopes: list[str] = Field(default_factory=list, examples=[["agents:read", "agents:write"]])
+    rate_limit: str | None = Field(default=None, examples=["100/minute"])
+    quota: str | None = Field(default=None, examples=["10000/day"])
+    token_quota: str | None = Field(
+        default=None, examples=["100000/day"], description="Tokens of agent replies per period"
+    )
+    allowed_ips: list[str] | None = Field(
+        default=None,
+        max_length=management.MAX_ALLOWED_IPS,
+        examples=[["203.0.113.0/24", "2001:db8::/32"]],
+        description="Client IPs or CIDRs (IPv4 and IPv6) the key works from; empty: any",
+    )
+    expires_in_days: int | None = Field(default=None, ge=1, le=management.MAX_EXPIRES_IN_DAYS)
+
+    @field_validator("scopes", "rate_limit", "quota", "token_quota", "allowed_ips")
+    @classmethod
+    def _field(cls, value: Any, info: Any) -> Any:
+        return _checked(info.field_name, value)
+
+
+class KeyCreate(KeyFields):
     """The body of POST /admin/keys (the same checks as ``flask keys create``)."""
 
     name: str = Field(min_length=1, max_length=management.MAX_NAME_LENGTH)
-    scopes: list[str] = Field(default_factory=list)
-    rate_limit: str | None = Field(default=None, examples=["100/minute"])
-    quota: str | None = Field(default=None, examples=["10000/day"])
-    expires_in_days: int | None = Field(default=None, ge=1, le=management.MAX_EXPIRES_IN_DAYS)
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return management.validate_name(value)
 
-    @field_validator("scopes")
-    @classmethod
-    def _scopes(cls, value: list[str]) -> list[str]:
-        return list(validate_scopes(value))
 
-    @field_validator("rate_limit", "quota")
+class KeyUpdate(KeyFields):
+    """The body of PATCH /admin/keys/<id>: only the fields sent change; ``null`` clears an
+    optional one (``[]`` for scopes and allowed_ips). The same checks as at creation."""
+
+    # A misspelt field would otherwise be dropped silently and the edit half done.
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=management.MAX_NAME_LENGTH)
+    scopes: list[str] | None = Field(default=None, examples=[["agents:read"]])  # type: ignore[assignment]
+
+    @field_validator("name")
     @classmethod
-    def _limit(cls, value: str | None, info: Any) -> str | None:
-        return management.validate_limit(info.field_name, value)
+    def _name(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("name cannot be cleared")
+        return management.validate_name(value)
 
 
 class KeyRotate(Schema):
@@ -82,6 +114,8 @@ class KeyView(BaseModel):
     scopes: list[str]
     rate_limit: str | None
     quota: str | None
+    token_quota: str | None
+    allowed_ips: list[str]
     created_at: str
     expires_at: str | None
     last_used_at: str | None
@@ -159,7 +193,7 @@ def list_keys() -> Response:
           responses={201: KeySecretView})  # fmt: skip
 def create_key() -> tuple[Response, int]:
     """Create a key and return it with its secret (never shown again)."""
-    body = parse_json(KeyCreate)
+    body = parse_json(KeyCreate, empty_ok=True)  # `{}`: "name is required", not "no data"
     actor = request_actor()
     # A retry with the same Idempotency-Key gets the first key back, secret included; the
     # secret is kept only sealed (see core.idempotency.seal and docs/auth.md).
@@ -199,6 +233,25 @@ def revoke_key(key_id: str) -> Response:
         management.revoke_key(get_redis(), actor=request_actor(), key_id=key_id, cache=key_cache())
     )
     return jsonify(keys.public_view(record))
+
+
+@bp.patch("/keys/<key_id>")
+@require_scope(ADMIN)
+@endpoint("Edit an API key in place (same secret); every worker sees it within one second",
+          tags=TAGS, body=KeyUpdate,
+          responses={200: KeyView, 409: "The key is revoked (a revoked key stays as it was)"})  # fmt: skip
+def update_key(key_id: str) -> Response:
+    """Change any of name, scopes, limits, quotas, expiry and allowed IPs; ``null`` clears."""
+    changes = parse_json(KeyUpdate, empty_ok=True).model_dump(exclude_unset=True)
+    if not changes:
+        raise APIError(400, "Nothing to change: send at least one of " + ", ".join(keys.EDITABLE_FIELDS))
+    try:
+        record = management.update_key(
+            get_redis(), actor=request_actor(), key_id=key_id, cache=key_cache(), changes=changes
+        )
+    except KeyStateError as exc:
+        raise APIError(409, "Conflict", str(exc)) from None
+    return jsonify(keys.public_view(_found(record)))
 
 
 @bp.post("/keys/<key_id>/rotate")
@@ -294,7 +347,7 @@ def list_users() -> Response:
           responses={200: UserChangeView})  # fmt: skip
 def change_password(email: str) -> Response:
     """New password; every session of the user ends, except the caller's own when it is theirs."""
-    body = parse_json(PasswordChange)
+    body = parse_json(PasswordChange, empty_ok=True)
     r = get_redis()
 
     def change() -> management.UserChange:

@@ -33,7 +33,7 @@ from typing import Any
 
 from auth import keys
 from auth.cache import Entry, KeyCache
-from auth.identity import Identity, admit_identity
+from auth.identity import Identity, admit_identity, ip_allowed, refuse_outside_allowed_ips
 from auth.loaders import key_cache, remember_record, resolve_key
 from core.extensions import get_redis
 from core.redis import is_cluster
@@ -75,26 +75,37 @@ return out
 )
 
 
-def admit(secret: str, policies_of: PoliciesOf) -> Decision:
-    """The decision on every limit of a request presenting ``secret``; its identity (or
-    None) is this request's from now on (auth.identity.admit_identity)."""
+def admit(secret: str, policies_of: PoliciesOf, client_ip: str) -> Decision:
+    """The decision on every limit of a request presenting ``secret`` from ``client_ip``; its
+    identity (or None) is this request's from now on (auth.identity.admit_identity).
+
+    A key used from outside its ``allowed_ips`` is refused (403) before anything is counted.
+    """
     cache = key_cache()
     key_digest = cache.digest(secret)
     entry = cache.known(key_digest)
     if entry is not None:
-        decision = _admit_known(cache, key_digest, entry, policies_of)
+        decision = _admit_known(cache, key_digest, entry, policies_of, client_ip)
         if decision is not None:
             return decision
-        cache.drop(key_digest)  # the record changed: read again below
-    return _admit_unknown(cache, key_digest, secret, policies_of)
+        cache.drop(key_digest)  # the record changed (or must be re-read): read again below
+    return _admit_unknown(cache, key_digest, secret, policies_of, client_ip)
 
 
-def _admit_known(cache: KeyCache, key_digest: str, entry: Entry, policies_of: PoliciesOf) -> Decision | None:
+def _admit_known(
+    cache: KeyCache, key_digest: str, entry: Entry, policies_of: PoliciesOf, client_ip: str
+) -> Decision | None:
     """The decision for a key this worker holds, or None when its record changed."""
     identity = entry.identity
+    fresh = cache.fresh(entry)
+    if not ip_allowed(identity, client_ip):
+        # Refused only on a record Redis confirmed within FRESH_SECONDS: an older one may
+        # predate an edit that widened the list, so it is read again first (nothing counted).
+        if not fresh:
+            return None
+        refuse_outside_allowed_ips(identity, client_ip)
     policies = policies_of(identity)
     limiter = decider()
-    fresh = cache.fresh(entry)
     lease = limiter.leasable(policies)
     if fresh and lease:
         served = limiter.serve_lease(policies)
@@ -131,7 +142,9 @@ def _unknown_reply(limiter: Decider, anonymous: tuple[Policy, ...], key_digest: 
     return limiter.decide(anonymous)
 
 
-def _admit_unknown(cache: KeyCache, key_digest: str, secret: str, policies_of: PoliciesOf) -> Decision:
+def _admit_unknown(
+    cache: KeyCache, key_digest: str, secret: str, policies_of: PoliciesOf, client_ip: str
+) -> Decision:
     anonymous = policies_of(None)
     limiter = decider()
     if not keys.looks_valid(secret):  # refused offline: only the IP's limits are asked
@@ -145,11 +158,14 @@ def _admit_unknown(cache: KeyCache, key_digest: str, secret: str, policies_of: P
     if record is not None:
         remember_record(cache, key_digest, record)
         entry = cache.known(key_digest)
-        decision = _admit_known(cache, key_digest, entry, policies_of) if entry is not None else None
+        decision = (
+            _admit_known(cache, key_digest, entry, policies_of, client_ip) if entry is not None else None
+        )
         if decision is not None:
             return decision
     # The app's clock says the key ended, or the record changed between the two calls:
     # the general path (one look-up, one decision) settles it.
     identity = resolve_key(secret)
     admit_identity(identity)
+    refuse_outside_allowed_ips(identity, client_ip)
     return limiter.decide(policies_of(identity))

@@ -28,7 +28,7 @@ from flask_limiter import ExemptionScope, Limit, Limiter
 
 from auth.access import access_for
 from auth.credentials import presented_key
-from auth.identity import Identity, current_identity
+from auth.identity import Identity, current_identity, loaded_identity, refuse_outside_allowed_ips
 from core.errors import APIError
 from core.redis import REDIS_UNAVAILABLE
 from gateway import fastpath
@@ -247,12 +247,14 @@ def check_request_limit() -> None:
     declared = _declared(current_app, req)
     secret = None if declared else _guarded_key(req)
     if secret is not None:  # the common request: the key and its limits in one call (or a lease)
-        decision = admission.admit(secret, _of)
+        decision = admission.admit(secret, _of, client_ip())
         g.setdefault(SUBJECT, decision.policies[0].subject)
         g.setdefault(SKIP_MIDDLEWARE, True)
         g.rate_limits = RequestLimits(_allowed(decision))
         return
     own = _identity_policies(req)
+    # A key outside its allow-list: 403 before any limit (its own, a route's) moves.
+    refuse_outside_allowed_ips(loaded_identity(), client_ip())
     g.setdefault(SUBJECT, own[0].subject)
     g.setdefault(SKIP_MIDDLEWARE, True)
     if not declared:  # the identity's limits, one call (or a lease)

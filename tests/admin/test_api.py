@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import redis
@@ -87,3 +88,53 @@ def test_audit_names_actor_action_key_and_ip(app: Flask, auth_headers: Callable[
     assert latest["ip"] == "127.0.0.1" and latest["at"].endswith("Z")
     assert created["key"] not in str(entries)
     assert client.get("/admin/audit?limit=0", headers=admin).status_code == 400
+
+
+def test_token_quota_and_allowed_ips_are_stored_and_shown(
+    app: Flask, auth_headers: Callable[..., dict[str, str]]
+) -> None:
+    client, admin = app.test_client(), auth_headers("admin")
+    body = {
+        "name": "office",
+        "token_quota": "100000/day",
+        "allowed_ips": ["203.0.113.0/24", "2001:DB8::/32", "198.51.100.7", "203.0.113.0/24"],
+    }
+    created = client.post("/admin/keys", json=body, headers=admin).get_json()
+    shown = client.get(f"/admin/keys/{created['id']}", headers=admin).get_json()
+    # Normalised (a bare address is its /32, IPv6 lower case) and deduplicated.
+    assert shown["allowed_ips"] == ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7/32"]
+    assert shown["token_quota"] == "100000/day"
+    listed = client.get("/admin/keys", headers=admin).get_json()["keys"]
+    assert [k["allowed_ips"] for k in listed if k["id"] == created["id"]] == [shown["allowed_ips"]]
+
+
+def test_bad_allowed_ips_and_token_quota_are_400(
+    app: Flask, auth_headers: Callable[..., dict[str, str]], r: redis.Redis
+) -> None:
+    client, admin = app.test_client(), auth_headers("admin")
+    for value, words in (
+        (["10.0.0.7/24"], "host bits set; did you mean '10.0.0.0/24'"),
+        (["not-an-ip"], "'not-an-ip' is not an IPv4 or IPv6 address or CIDR"),
+        (["10.0.0.0/33"], "is not an IPv4 or IPv6 address or CIDR"),
+        (["2001:db8::1/129"], "is not an IPv4 or IPv6 address or CIDR"),
+        ([""], "allowed_ips entries must be IP addresses or CIDRs"),
+        ("10.0.0.0/8", "allowed_ips must be a list"),
+        ([7], "allowed_ips.0 must be a string"),
+        ([f"10.0.{n // 256}.{n % 256}" for n in range(101)], "at most 100"),
+    ):
+        answer = client.post("/admin/keys", json={"name": "x", "allowed_ips": value}, headers=admin)
+        assert answer.status_code == 400 and words in answer.get_json()["error"], answer.get_json()
+    answer = client.post("/admin/keys", json={"name": "x", "token_quota": "lots"}, headers=admin)
+    assert answer.status_code == 400
+    assert answer.get_json()["error"].startswith("token_quota must be a limit such as")
+    assert r.zcard(keys.index_key()) == 1  # only the admin key itself
+
+
+def test_patch_is_in_the_openapi_document(app: Flask) -> None:
+    document = app.test_client().get("/openapi.json").get_json()
+    (path,) = [p for p in document["paths"] if p.startswith("/admin/keys/{") and p.count("/") == 3]
+    patch = document["paths"][path]["patch"]
+    body = patch["requestBody"]["content"]["application/json"]["schema"]
+    assert "KeyUpdate" in json.dumps(body) and {"200", "409"} <= set(patch["responses"])
+    props = json.dumps(document["components"]["schemas"]["KeyUpdate"])
+    assert "allowed_ips" in props and "token_quota" in props

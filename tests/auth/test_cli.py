@@ -108,3 +108,21 @@ def test_users_create_prompts_with_confirmation(runner: FlaskCliRunner, r: redis
     assert users.authenticate(r, email="p@example.com", password=password) is not None
     short = runner.invoke(args=["users", "create", "s@example.com", "--password-stdin"], input="short\n")
     assert short.exit_code == 2 and "at least" in short.output
+
+
+def test_create_with_token_quota_and_allowed_ips(runner: FlaskCliRunner, r: redis.Redis) -> None:
+    made = _create(
+        runner, "--name", "office", "--token-quota", "100000/day",
+        "--allow-ip", "203.0.113.0/24", "--allow-ip", "2001:db8::/32",
+    )  # fmt: skip
+    record = keys.get_key(r, str(made["id"]))
+    assert record is not None and record["token_quota"] == "100000/day"
+    assert record["allowed_ips"] == ["203.0.113.0/24", "2001:db8::/32"]
+    listed = runner.invoke(args=["keys", "list"]).output
+    assert "token_quota 100000/day" in listed and "ips 203.0.113.0/24, 2001:db8::/32" in listed
+    shown = json.loads(runner.invoke(args=["keys", "show", str(made["id"]), "--json"]).output)
+    assert shown["allowed_ips"] == record["allowed_ips"] and "digest" not in shown
+    bad = runner.invoke(args=["keys", "create", "--name", "x", "--allow-ip", "10.0.0.7/24"])
+    assert bad.exit_code != 0 and "did you mean '10.0.0.0/24'" in bad.output
+    bad = runner.invoke(args=["keys", "create", "--name", "x", "--token-quota", "lots"])
+    assert bad.exit_code != 0 and "--token-quota must be a limit" in bad.output

@@ -9,7 +9,6 @@ from typing import Any
 
 from auth import audit, keys, login, management, users
 from auth.loaders import key_cache, pepper
-from auth.scopes import validate_scopes
 from core.extensions import get_redis
 
 AUDIT_PAGE = 200
@@ -24,6 +23,8 @@ class NewKey:
     rate_limit: str | None
     quota: str | None
     expires_in_days: int | None
+    token_quota: str | None = None
+    allowed_ips: tuple[str, ...] = ()
 
 
 def log_in(*, email: str, password: str) -> bool:
@@ -46,22 +47,58 @@ def get_key(key_id: str) -> dict[str, Any] | None:
     return keys.public_view(record) if record else None
 
 
-def validate_new_key(form: dict[str, Any]) -> NewKey:
-    """The form's values checked by the same rules as the CLI and the JSON API (ValueError)."""
-    days = form.get("expires_in_days")
+def ip_lines(text: str | None) -> list[str]:
+    """The allow-list textarea: one address or CIDR per line (commas and spaces also split)."""
+    return (text or "").replace(",", " ").split()
+
+
+def _days(value: Any) -> int | None:
     try:
-        expires_in_days = int(days) if days else None
+        return int(value) if value else None
     except ValueError:
         raise ValueError("expires_in_days must be a whole number of days") from None
+
+
+def _checked_form(form: dict[str, Any], *, with_expiry: bool) -> dict[str, Any]:
+    """The form's fields through the same checks as the CLI and the JSON API (ValueError)."""
     if not form.get("scopes"):
         raise ValueError("choose at least one scope")
+    fields = {
+        "name": form.get("name") or "",
+        "scopes": list(form["scopes"]),
+        "rate_limit": form.get("rate_limit"),
+        "quota": form.get("quota"),
+        "token_quota": form.get("token_quota"),
+        "allowed_ips": ip_lines(form.get("allowed_ips")),
+    }
+    if with_expiry:
+        fields["expires_in_days"] = _days(form.get("expires_in_days"))
+    return management.validate_key_fields(fields)
+
+
+def validate_new_key(form: dict[str, Any]) -> NewKey:
+    """The create form's values, checked (ValueError)."""
+    fields = _checked_form(form, with_expiry=True)
     return NewKey(
-        name=management.validate_name(form.get("name") or ""),
-        scopes=validate_scopes(list(form["scopes"])),
-        rate_limit=management.validate_limit("rate_limit", form.get("rate_limit")),
-        quota=management.validate_limit("quota", form.get("quota")),
-        expires_in_days=management.validate_expires_in_days(expires_in_days),
+        name=fields["name"],
+        scopes=tuple(fields["scopes"]),
+        rate_limit=fields["rate_limit"],
+        quota=fields["quota"],
+        expires_in_days=fields["expires_in_days"],
+        token_quota=fields["token_quota"],
+        allowed_ips=tuple(fields["allowed_ips"]),
     )
+
+
+def validate_key_edit(form: dict[str, Any]) -> dict[str, Any]:
+    """The edit form's changes, checked (ValueError). Expiry changes only when asked:
+    ``never_expires`` clears it, a number of days sets it from now, empty keeps it."""
+    changes = _checked_form(form, with_expiry=False)
+    if form.get("never_expires"):
+        changes["expires_in_days"] = None
+    elif form.get("expires_in_days"):
+        changes["expires_in_days"] = management.validate_expires_in_days(_days(form["expires_in_days"]))
+    return changes
 
 
 def create_key(new: NewKey) -> tuple[dict[str, Any], str]:
@@ -73,9 +110,21 @@ def create_key(new: NewKey) -> tuple[dict[str, Any], str]:
         scopes=new.scopes,
         rate_limit=new.rate_limit,
         quota=new.quota,
+        token_quota=new.token_quota,
+        allowed_ips=new.allowed_ips,
         expires_in_days=new.expires_in_days,
     )
     return keys.public_view(record), secret
+
+
+def update_key(key_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Apply an edit (audited with this admin as actor); ValueError when the key is gone or revoked."""
+    record = management.update_key(
+        get_redis(), actor=login.request_actor(), key_id=key_id, cache=key_cache(), changes=changes
+    )
+    if record is None:
+        raise ValueError(f"key {key_id} no longer exists")
+    return keys.public_view(record)
 
 
 def revoke_key(key_id: str) -> None:

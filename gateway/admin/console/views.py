@@ -181,6 +181,8 @@ def create_key() -> Response | tuple[str, int]:
         "scopes": request.form.getlist("scope"),
         "rate_limit": request.form.get("rate_limit", "").strip() or None,
         "quota": request.form.get("quota", "").strip() or None,
+        "token_quota": request.form.get("token_quota", "").strip() or None,
+        "allowed_ips": request.form.get("allowed_ips", ""),
         "expires_in_days": request.form.get("expires_in_days", "").strip() or None,
     }
     form_id = request.form.get("form_id")
@@ -205,6 +207,52 @@ def _key_or_404(key_id: str) -> dict[str, Any]:
     if record is None:
         raise APIError(404, "Key not found")
     return record
+
+
+def _edit_form() -> dict[str, Any]:
+    return {
+        "name": request.form.get("name", "").strip(),
+        "scopes": request.form.getlist("scope"),
+        "rate_limit": request.form.get("rate_limit", "").strip() or None,
+        "quota": request.form.get("quota", "").strip() or None,
+        "token_quota": request.form.get("token_quota", "").strip() or None,
+        "allowed_ips": request.form.get("allowed_ips", ""),
+        "expires_in_days": request.form.get("expires_in_days", "").strip() or None,
+        "never_expires": bool(request.form.get("never_expires")),
+    }
+
+
+def _edit_page(key: dict[str, Any], form: dict[str, Any], error: str | None = None) -> tuple[str, int]:
+    return _page(
+        "edit_key.html", 400 if error else 200, key=key, form=form, error=error, all_scopes=ALL_SCOPES,
+        section="keys",
+    )  # fmt: skip
+
+
+@bp.get("/console/keys/<key_id>/edit")
+@require_scope(ADMIN)
+@hide_from_schema
+def edit_key(key_id: str) -> tuple[str, int]:
+    """The form to edit a key in place (its secret stays)."""
+    key = _key_or_404(key_id)
+    form = {**key, "allowed_ips": "\n".join(key["allowed_ips"] or []), "expires_in_days": None}
+    return _edit_page(key, form)
+
+
+@bp.post("/console/keys/<key_id>/edit")
+@require_scope(ADMIN)
+@hide_from_schema
+def edit_key_confirmed(key_id: str) -> Response | tuple[str, int]:
+    """Apply the edit; every worker sees it within a second."""
+    key = _key_or_404(key_id)
+    form = _edit_form()
+    try:
+        changes = actions.validate_key_edit(form)
+        record = actions.update_key(key_id, changes)
+    except ValueError as exc:  # a bad value, or a key revoked meanwhile (KeyStateError)
+        return _edit_page(key, form, error=str(exc))
+    flash(f"Key {record['name']} ({record['prefix']}…{record['last4']}) is updated.", "success")
+    return redirect(url_for("console.keys"), code=303)
 
 
 @bp.get("/console/keys/<key_id>/revoke")
