@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 
-from flask import Response
+from flask import Response, g
 from werkzeug.datastructures import Headers
 
 from gateway.ratelimit.decision import Decision
@@ -25,6 +25,9 @@ HEADER_RESET = "X-RateLimit-Reset"
 HEADER_RETRY_AFTER = "Retry-After"
 HEADER_POLICY = "RateLimit-Policy"
 HEADER_STATE = "RateLimit"
+# g: [(RateLimit-Policy item, RateLimit item)] of limits decided outside the request decision
+# (token quotas, gateway/ratelimit/tokens.py), added to this answer's two headers.
+EXTRA_ITEMS = "extra_rate_limit_items"
 
 
 Append = Callable[[Headers, list[tuple[str, str]]], None]
@@ -62,7 +65,18 @@ def add_headers(response: Response, decision: Decision, *, append: Append | None
     """Add the headers of a granted request's decision to ``response`` (``append``: the
     fast path's, when it is on)."""
     items = header_items(decision)
+    extra = g.get(EXTRA_ITEMS)
+    if extra:
+        items = with_extra_items(items, extra)
     if append is not None:
         append(response.headers, items)
     else:  # one extend, not one set() per header
         response.headers.extend(items)
+
+
+def with_extra_items(items: list[tuple[str, str]], extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``items`` with the ``extra`` policies appended to RateLimit-Policy and RateLimit."""
+    policy = ", ".join(p for p, _ in extra)
+    state = ", ".join(s for _, s in extra)
+    more = {HEADER_POLICY: policy, HEADER_STATE: state}
+    return [(name, f"{value}, {more[name]}" if name in more else value) for name, value in items]
