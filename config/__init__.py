@@ -133,7 +133,7 @@ SETTINGS: tuple[Setting, ...] = (
     # each time it outgrows its reservation), and how long a reservation lives without being
     # renewed by its stream or job: what a killed worker holds back at most.
     Setting("AGENT_TOKEN_RESERVE", parse_int, 1024),
-    Setting("AGENT_TOKEN_RESERVATION_SECONDS", parse_int, 30),
+    Setting("AGENT_TOKEN_RESERVATION_SECONDS", parse_int, 60),
     Setting("ENABLE_METRICS", parse_bool, True),
     Setting("ENABLE_STREAMING", parse_bool, True),
     Setting("MAX_CONTENT_LENGTH", parse_int, 1024 * 1024),

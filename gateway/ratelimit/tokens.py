@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 POLICY_NAME = "tokens"  # its name in RateLimit-Policy / RateLimit
 DEFAULT_RESERVE = 1024
-DEFAULT_RESERVATION_SECONDS = 30
+DEFAULT_RESERVATION_SECONDS = 60
 
 # KEYS: used, book, deadlines. ARGV: limit, window_ms, ttl_ms, op, id, a, b.
 # op reserve (a: tokens wanted) -> {granted, ...}; extend (a: tokens to cover, b: tokens sent)
@@ -126,8 +126,9 @@ else
   value = avail
 end
 redis.call('HSET', KEYS[2], 'held', held)
-redis.call('PEXPIRE', KEYS[2], 2 * ttl_ms)
-redis.call('PEXPIRE', KEYS[3], 2 * ttl_ms)
+-- The book outlives every deadline in it (a lapsed reservation is still swept and counted).
+redis.call('PEXPIRE', KEYS[2], window_ms + 2 * ttl_ms)
+redis.call('PEXPIRE', KEYS[3], window_ms + 2 * ttl_ms)
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < 0 then pttl = window_ms end
 return {value, used, held, pttl, now_ms, before}
@@ -170,12 +171,30 @@ class Window:
         return max(0, self.value)
 
 
-class TokenQuotaExhausted(Exception):
+class TokenQuotaError(Exception):
+    """A token quota stopped a reply; ``str(exc)`` is a sentence safe to show clients."""
+
+
+class TokenQuotaExhausted(TokenQuotaError):
     """Nothing left of the key's token quota (settled, or held by replies under way)."""
 
     def __init__(self, policy: TokenPolicy, retry_after: int, window: Window) -> None:
-        super().__init__(f"token quota {policy.limit} per {policy.window} s used up")
+        super().__init__(
+            f"The token quota of this key ({policy.limit} tokens per {policy.window} seconds) is used "
+            f"up; retry in {retry_after} seconds."
+        )
         self.policy, self.retry_after, self.window = policy, retry_after, window
+
+
+class TokenQuotaRanOut(TokenQuotaError):
+    """The quota ran out while a reply was being generated (what was sent is counted)."""
+
+    def __init__(self, policy: TokenPolicy, counted: int) -> None:
+        super().__init__(
+            f"The token quota of this key ({policy.limit} tokens per {policy.window} seconds) ran out "
+            f"during the reply; the {counted} tokens generated were counted."
+        )
+        self.policy = policy
 
 
 def token_policy(key_id: str | None, token_quota: str | None) -> TokenPolicy | None:
