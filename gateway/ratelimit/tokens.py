@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from flask import Flask, current_app, g, has_app_context
+from flask import Flask, Response, after_this_request, current_app, has_app_context
 
 from auth.identity import Identity
 from core import signals
@@ -406,4 +406,10 @@ def too_many(exc: TokenQuotaExhausted) -> APIError:
 def note_headers(policy: TokenPolicy, remaining: int, reset_seconds: float) -> None:
     """Have this answer's RateLimit-Policy / RateLimit carry the token policy (headers.py)."""
     item = (policy.ietf, f'"{POLICY_NAME}";r={remaining};t={math.ceil(reset_seconds)}')
-    g.setdefault(EXTRA_ITEMS, []).append(item)
+
+    # after_this_request runs before the app's after_request hooks (the rate-limit headers are
+    # written in one of them), for error answers too.
+    @after_this_request
+    def attach(response: Response) -> Response:
+        setattr(response, EXTRA_ITEMS, [*getattr(response, EXTRA_ITEMS, ()), item])
+        return response
