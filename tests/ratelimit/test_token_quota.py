@@ -184,6 +184,7 @@ def test_concurrent_streams_across_workers_never_overshoot(
             counted += last.json["usage"]["total_tokens"]
     policy = TokenPolicy(r.hget(r.keys("gw:keys:*:record")[0], "id"), limit, 86400)
     window = tokens.peek(r, policy)
+    print(f"\ntoken quota {limit}: {done} done, {cut} cut, {refused} refused; used {window.used}")
     # Each reply is ~75 tokens: 16 of them want ~1200 of the 400.
     assert refused + cut > 0 and refused + cut + done == len(sessions)
     assert 0 < window.used <= limit and window.held == 0  # what cut streams sent is counted too
