@@ -220,6 +220,10 @@ class Config:
         for name in (*positive, "WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT"):
             if values[name] <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {values[name]}")
+        if values["AGENT_TOKEN_RESERVATION_SECONDS"] < 10:
+            # A live stream renews its reservation every 3 s (with its slot): below 10 s a busy
+            # worker's live reservations would lapse under it.
+            raise ConfigError("AGENT_TOKEN_RESERVATION_SECONDS must be at least 10")
         if values["TRUSTED_PROXY_COUNT"] < 0 or values["AGENT_BUILTIN_DELAY_MS"] < 0:
             raise ConfigError("TRUSTED_PROXY_COUNT and AGENT_BUILTIN_DELAY_MS cannot be negative")
 

@@ -240,3 +240,14 @@ def test_job_exhaustion_fails_mid_reply_then_429_at_enqueue(
     refused = client.post("/jobs", json={"name": "agent.run", "args": {"prompt": "hi"}}, headers=headers)
     assert refused.status_code == 429 and "Retry-After" in refused.headers
     assert refused.get_json()["reason"] == "token_quota_exhausted"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("AGENT_TOKEN_RESERVE", "0"), ("AGENT_TOKEN_RESERVATION_SECONDS", "5")],
+)
+def test_token_settings_are_checked(test_env: dict[str, str], name: str, value: str) -> None:
+    from config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=name):
+        load_config({**test_env, name: value})
