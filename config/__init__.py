@@ -129,6 +129,11 @@ SETTINGS: tuple[Setting, ...] = (
     # and the system prompt kept) and the reply's max_tokens.
     Setting("AGENT_HISTORY_TOKENS", parse_int, 8192),
     Setting("OPENAI_MAX_TOKENS", parse_int, 1024),
+    # Token quotas (gateway/ratelimit/tokens.py): tokens a reply reserves when it starts (and
+    # each time it outgrows its reservation), and how long a reservation lives without being
+    # renewed by its stream or job: what a killed worker holds back at most.
+    Setting("AGENT_TOKEN_RESERVE", parse_int, 1024),
+    Setting("AGENT_TOKEN_RESERVATION_SECONDS", parse_int, 60),
     Setting("ENABLE_METRICS", parse_bool, True),
     Setting("ENABLE_STREAMING", parse_bool, True),
     Setting("MAX_CONTENT_LENGTH", parse_int, 1024 * 1024),
@@ -211,9 +216,14 @@ class Config:
         positive += ("EVENTS_MAX_BYTES", "EVENTS_RETENTION_DAYS", "AGENT_SESSIONS_MAX", "JOBS_QUEUED_MAX")
         positive += ("BODY_READ_TIMEOUT",)
         positive += ("AGENT_HISTORY_TOKENS", "OPENAI_MAX_TOKENS")
+        positive += ("AGENT_TOKEN_RESERVE", "AGENT_TOKEN_RESERVATION_SECONDS")
         for name in (*positive, "WORKER_CONNECTIONS", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT"):
             if values[name] <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {values[name]}")
+        if values["AGENT_TOKEN_RESERVATION_SECONDS"] < 10:
+            # A live stream renews its reservation every 3 s (with its slot): below 10 s a busy
+            # worker's live reservations would lapse under it.
+            raise ConfigError("AGENT_TOKEN_RESERVATION_SECONDS must be at least 10")
         if values["TRUSTED_PROXY_COUNT"] < 0 or values["AGENT_BUILTIN_DELAY_MS"] < 0:
             raise ConfigError("TRUSTED_PROXY_COUNT and AGENT_BUILTIN_DELAY_MS cannot be negative")
 

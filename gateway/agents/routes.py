@@ -30,7 +30,7 @@ from gateway.agents.sse import (
     find_resume_point,
     new_stream_id,
 )
-from gateway.ratelimit import stream_opens_limit
+from gateway.ratelimit import stream_opens_limit, tokens
 
 bp = Blueprint("agents", __name__, url_prefix="/agents")
 TAGS = ("agents",)
@@ -239,13 +239,18 @@ def _answer_source(
             # The stream that made the reply is still kept: the very same frames again.
             return streaming.FollowSource(frame_log=FrameLog(r, holder, session["id"], ttl), seq=0)
         frame_log = FrameLog(r, new_stream_id(), session["id"], ttl)
-        return streaming.ReplaySource(frame_log=frame_log, replies=replies)
+        usage = streaming.stored_usage(history)
+        return streaming.ReplaySource(frame_log=frame_log, replies=replies, usage=usage)
+    # Token quota: reserved before anything is claimed or sent upstream (429 when none is left).
+    reservation = tokens.open_reservation(_identity())
     frame_log = FrameLog(r, new_stream_id(), session["id"], ttl, message_id=message["id"])
     frame_log.flush(state=RUNNING)  # followers find the log as soon as they find the claim
     holder = claim.take(frame_log.stream_id)
     if holder is None:
-        return _live_source(session, history, settings, frame_log, claim)
+        return _live_source(session, history, settings, frame_log, claim, reservation)
     frame_log.discard()
+    if reservation is not None:
+        reservation.settle({"total_tokens": 0})  # following another stream costs nothing
     return streaming.FollowSource(frame_log=FrameLog(r, holder, session["id"], ttl), seq=0)
 
 
@@ -255,11 +260,12 @@ def _live_source(
     settings: streaming.StreamSettings,
     frame_log: FrameLog,
     claim: streaming.ReplyClaim | None = None,
+    reservation: tokens.Reservation | None = None,
 ) -> streaming.LiveSource:
     r = get_redis()
 
-    def keep_reply(reply: str) -> None:
-        service.add_message(r, session=session, role="assistant", content=reply)
+    def keep_reply(reply: str, usage: dict[str, Any]) -> None:
+        service.add_message(r, session=session, role="assistant", content=reply, usage=usage)
 
     return streaming.LiveSource(
         app=current_app._get_current_object(),  # type: ignore[attr-defined]
@@ -269,4 +275,5 @@ def _live_source(
         on_reply=keep_reply,
         settings=settings,
         claim=claim,
+        tokens=reservation,
     )

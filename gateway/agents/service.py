@@ -112,16 +112,26 @@ def get_session(r: redis.Redis, *, session_id: str, owner: str, see_all: bool = 
     return record
 
 
-def add_message(r: redis.Redis, *, session: dict[str, str], role: str, content: str) -> dict[str, str]:
-    """Append a message to ``session``'s history (trimming the oldest) and return it."""
+def add_message(
+    r: redis.Redis,
+    *,
+    session: dict[str, str],
+    role: str,
+    content: str,
+    usage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Append a message to ``session``'s history (trimming the oldest) and return it. A
+    generated reply keeps its ``usage``: a replay shows it again and counts nothing."""
     session_id = session["id"]
-    message = {
+    message: dict[str, Any] = {
         "id": str(uuid.uuid4()),
         "session_id": session_id,
         "role": role,
         "content": content,
         "timestamp": _now_iso(),
     }
+    if usage is not None:
+        message["usage"] = usage
     pipe = cross_slot_pipeline(r)  # the session's keys, its owner's index, the global ones
     pipe.rpush(KEYS.agent_messages(session_id), json.dumps(message))
     pipe.ltrim(KEYS.agent_messages(session_id), -HISTORY_LIMIT, -1)

@@ -60,7 +60,7 @@ from auth.keys import get_key, key_status
 from auth.sessions import session_key
 from core.errors import APIError
 from core.redis import KEYS, REDIS_UNAVAILABLE, LuaScript
-from gateway.agents.backends import AgentBackend, AgentBackendError, Message
+from gateway.agents.backends import AgentBackend, AgentBackendError, Message, UsageMeter
 from gateway.agents.sse import (
     ABORTED,
     DONE,
@@ -76,6 +76,7 @@ from gateway.agents.sse import (
 )
 from gateway.metrics import recorder
 from gateway.ratelimit import quota_exhausted
+from gateway.ratelimit.tokens import Reservation
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ STOP_MESSAGES: dict[str, str] = {
     "key_revoked": "The API key was revoked; the stream was closed.",
     "key_expired": "The API key expired; the stream was closed.",
     "quota_exhausted": "The rate limit or quota of this key ran out; the stream was closed.",
+    "token_quota_exhausted": "The token quota of this key ran out during the reply; the tokens "
+    "sent were counted and the stream was closed.",
     "session_ended": "The admin session ended (logout or expiry); the stream was closed.",
     "no_user_message": "The session has no user message to answer: POST /agents/message first.",
     "stream_interrupted": "The stream was interrupted before it finished; open a new stream.",
@@ -359,6 +362,16 @@ class ReplyClaim:
         _RELEASE_CLAIM(self.r, [self.key], [stream_id])
 
 
+def stored_usage(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The usage kept with the latest stored reply (what a replay's ``done`` frame carries)."""
+    for message in reversed(history):
+        if message["role"] == "user":
+            return None
+        if message["role"] == "assistant" and isinstance(message.get("usage"), dict):
+            return dict(message["usage"])
+    return None
+
+
 def latest_turn(history: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
     """(the latest user message or None, the contents of the assistant messages after it)."""
     for index in range(len(history) - 1, -1, -1):
@@ -388,12 +401,16 @@ class LiveSource:
         backend: AgentBackend,
         messages: list[Message],
         frame_log: FrameLog,
-        on_reply: Callable[[str], None],
+        on_reply: Callable[[str, dict[str, Any]], None],
         settings: StreamSettings,
         claim: ReplyClaim | None = None,
+        tokens: Reservation | None = None,
     ) -> None:
         self.app, self.backend, self.messages = app, backend, messages
         self.log, self.on_reply, self.claim = frame_log, on_reply, claim
+        # The reply's tokens (usage in the done frame), and its reservation on the key's token
+        # quota: covered before each delta is sent, settled once however the reply ends.
+        self.meter, self.tokens = UsageMeter(), tokens
         # Inline only when a pause can delay neither a stop check nor a heartbeat.
         pause = getattr(backend, "max_pause_seconds", None)
         self.inline = pause is not None and pause < min(CHECK_INTERVAL, settings.heartbeat_seconds)
@@ -415,7 +432,7 @@ class LiveSource:
         if not any(m["role"] == "user" for m in messages):
             self.refusal = ("error", "no_user_message")
         elif self.inline:
-            self.deltas = iter(self.backend.stream_reply(messages))
+            self.deltas = iter(self.backend.stream_reply(messages, self.meter))
         else:
             self.items, self.stopped = queue.Queue(), threading.Event()
             producer = threading.Thread(
@@ -426,7 +443,7 @@ class LiveSource:
     def _produce(self, messages: list[Message]) -> None:
         assert self.items is not None and self.stopped is not None
         with self.app.app_context():
-            deltas = self.backend.stream_reply(messages)
+            deltas = self.backend.stream_reply(messages, self.meter)
             try:
                 for delta in deltas:
                     if self.stopped.is_set():
@@ -479,17 +496,36 @@ class LiveSource:
         if kind == "delta":
             if not value:
                 return None
+            if not self._covered(value):
+                return self.finish("error", error_data("token_quota_exhausted", session_id))
+            self.meter.add(value)
             self._keep(value)
             data = {"type": "delta", "content": value, "session_id": session_id}
             return Chunk(self.log.add("message", data))
         if kind == "end":
-            self._store("".join(self.parts))
-            return self.finish("message", {"type": "done", "session_id": session_id})
+            usage = self.meter.usage()
+            self._store("".join(self.parts), usage)
+            return self.finish("message", {"type": "done", "session_id": session_id, "usage": usage})
         if kind == "upstream_error":
             return self.finish("error", error_data("upstream_error", session_id, value))
         return self.finish("error", error_data(value, session_id))
 
-    def _store(self, reply: str) -> None:
+    def _covered(self, delta: str) -> bool:
+        """Whether the reservation covers the reply with ``delta`` (extending it if need be)."""
+        if self.tokens is None:
+            return True
+        return self.tokens.cover(self.meter.sent(delta), sent=self.meter.sent())
+
+    def _settle(self) -> None:
+        """Count the reply's tokens on the quota and give back the rest (once)."""
+        if self.tokens is not None and not self.tokens.settled:
+            try:
+                self.tokens.settle(self.meter.usage())
+            except REDIS_ERRORS as exc:  # it lapses on its own, counted for what it reported
+                self.tokens.settled = True
+                log.warning("token reservation not settled: redis unavailable (%s)", type(exc).__name__)
+
+    def _store(self, reply: str, usage: dict[str, Any]) -> None:
         """Keep the reply, unless this stream lost the message's claim (then another stream
         answers it, and a second stored reply is exactly what the claim prevents)."""
         if not reply:
@@ -497,12 +533,13 @@ class LiveSource:
         if self.claim is not None and not self.claim.keep(self.log.stream_id, self.log.ttl):
             log.warning("stream %s lost its reply claim; the reply is not stored", self.log.stream_id)
             return
-        self.on_reply(reply)
+        self.on_reply(reply, usage)
 
     def finish(
-        self, event: str, data: dict[str, str], *, state: str | None = None, retry_ms: int | None = None
+        self, event: str, data: dict[str, Any], *, state: str | None = None, retry_ms: int | None = None
     ) -> Chunk:
         """The last frame, stored with the stream's final state before it is sent."""
+        self._settle()
         frame = self.log.add(event, data, retry_ms)
         self.final_state = state or (DONE if event == "message" else ERROR)
         self.log.flush(state=self.final_state)
@@ -532,6 +569,8 @@ class LiveSource:
     def renew(self) -> None:
         if self.claim is not None and self.final_state is None:
             self.claim.renew(self.log.stream_id)
+        if self.tokens is not None and self.final_state is None:
+            self.tokens.renew(sent=self.meter.sent())
 
     def _release_claim(self) -> None:
         if self.claim is not None:
@@ -542,6 +581,7 @@ class LiveSource:
             self.stopped.set()
         if self.deltas is not None:
             _close(self.deltas)  # GeneratorExit inside the backend: it stops generating
+        self._settle()  # a client gone mid-reply: what was sent counts
         if self.final_state is None:
             # Never iterated (HEAD) or cut short: resumes will end with stream_interrupted.
             self.final_state = ABORTED
@@ -613,16 +653,21 @@ class ReplaySource(FollowSource):
     Its frames are written to a new kept log first, so the replay resumes like any stream.
     """
 
-    def __init__(self, *, frame_log: FrameLog, replies: list[str]) -> None:
+    def __init__(
+        self, *, frame_log: FrameLog, replies: list[str], usage: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(frame_log=frame_log, seq=0)
-        self.replies = replies
+        self.replies, self.usage = replies, usage
 
     def next(self, timeout: float) -> Chunk | None:
         if self.replies:
             session_id = self.log.session_id
             for reply in self.replies:
                 self.log.add("message", {"type": "delta", "content": reply, "session_id": session_id})
-            self.log.add("message", {"type": "done", "session_id": session_id})
+            done: dict[str, Any] = {"type": "done", "session_id": session_id}
+            if self.usage is not None:  # the stored reply's own count: a replay counts nothing
+                done["usage"] = self.usage
+            self.log.add("message", done)
             self.log.flush(state=DONE)
             self.replies = []
         return super().next(timeout)

@@ -69,11 +69,15 @@ class AgentRunArgs(BaseModel):
         return value
 
 
-def _agent_run(app: Flask, args: AgentRunArgs) -> str:
-    from gateway.agents.backends import backend_from_config
+def _agent_run(app: Flask, args: AgentRunArgs) -> dict[str, Any]:
+    """``{"reply", "usage"}``; the tokens count on the owner's key's token quota."""
+    from rq import get_current_job
 
-    backend = backend_from_config(app.config)
-    return "".join(backend.stream_reply([{"role": "user", "content": args.prompt}]))
+    from gateway.agents.jobrun import run_prompt
+
+    job = get_current_job()
+    owner = str(job.meta.get("owner") or "") if job is not None else ""
+    return run_prompt(app, args.prompt, owner=owner)
 
 
 def _sweep_expired(app: Flask, args: NoArgs) -> dict[str, int]:

@@ -20,6 +20,7 @@ from core.schemas import Schema, endpoint, parse_json, parse_query
 from gateway.jobs.limits import QueuedJobsLimitReached
 from gateway.jobs.queue import app_connection
 from gateway.jobs.registry import REGISTRY, JobInputError
+from gateway.ratelimit import tokens
 
 bp = Blueprint("jobs", __name__)
 TAGS = ("jobs",)
@@ -106,7 +107,8 @@ def _fetch(job_id: str) -> Any:
         202: JobQueued,
         409: "Idempotency-Key reused with a different body, or its first request is still running",
         403: "The job needs a scope the caller lacks (maintenance jobs need admin)",
-        429: "The caller already has JOBS_QUEUED_MAX jobs unfinished",
+        429: "The caller already has JOBS_QUEUED_MAX jobs unfinished, or (agent.run) its key's "
+        "token quota is used up",
     },
 )
 def create_job() -> tuple[Response, int]:
@@ -122,6 +124,8 @@ def create_job() -> tuple[Response, int]:
     limit = current_app.config["JOBS_QUEUED_MAX"]
 
     def create() -> idempotency.Answer:
+        if body.name == "agent.run":  # its key's token quota: 429 when nothing is left
+            tokens.check_remaining(identity)
         try:
             job_id = service.enqueue(
                 app_connection(), name=body.name, args=body.args, owner=identity.owner, max_queued=limit

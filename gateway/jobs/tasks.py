@@ -21,6 +21,7 @@ from rq.timeouts import JobTimeoutException
 from core.redis import REDIS_UNAVAILABLE
 from gateway.jobs.registry import JobInputError, JobSpec, get_spec, validate_args
 from gateway.metrics import recorder
+from gateway.ratelimit.tokens import TokenQuotaError
 
 ENTRY_POINT = "gateway.jobs.tasks.execute"
 ERROR_META = "error"
@@ -46,7 +47,7 @@ def worker_app() -> Flask:
 
 def client_message(exc: BaseException, spec: JobSpec | None) -> str:
     """One line a client may see: the reason, never a traceback or internal detail."""
-    if isinstance(exc, JobInputError):
+    if isinstance(exc, (JobInputError, TokenQuotaError)):  # written for clients; never retried
         message = str(exc)
     elif isinstance(exc, JobTimeoutException):
         limit = spec.timeout_seconds if spec else "its"

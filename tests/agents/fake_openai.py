@@ -3,7 +3,9 @@
 Modes: ``normal`` streams a reply word by word, ``slow`` sends one chunk then
 stalls (to hit the client's read timeout), ``fail`` answers HTTP 500, ``reject``
 answers HTTP 400 as OpenAI does for a context that is too long (the caller's own
-fault), ``busy`` answers HTTP 429.
+fault), ``busy`` answers HTTP 429. Asked for ``stream_options.include_usage``, it ends with
+OpenAI's usage chunk (empty ``choices``) unless ``send_usage`` is False (an upstream that
+ignores the option).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.mode = "normal"
         self.stall_seconds = 3.0
+        self.send_usage = True
+        self.words = 0  # >0: the reply is this many words (long replies for token quotas)
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -51,9 +55,16 @@ class FakeUpstream:
         self.server.shutdown()
         self.server.server_close()
 
-    @staticmethod
-    def reply_to(messages: list[dict[str, str]]) -> str:
+    def reply_to(self, messages: list[dict[str, str]]) -> str:
+        if self.words:
+            return " ".join(f"word{i}" for i in range(self.words))
         return f"Upstream heard {len(messages)} messages, the last: {messages[-1]['content']}"
+
+    def usage_of(self, messages: list[dict[str, str]]) -> dict[str, int]:
+        """What it reports: a token per word, plus 3 per message (not the gateway's estimate)."""
+        prompt = sum(3 + len(m["content"].split()) for m in messages)
+        completion = len(self.reply_to(messages).split(" "))
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         upstream = self
@@ -82,6 +93,11 @@ class FakeUpstream:
                     if upstream.mode == "slow":
                         time.sleep(upstream.stall_seconds)
                         return
+                wants_usage = (body.get("stream_options") or {}).get("include_usage")
+                if wants_usage and upstream.send_usage:
+                    usage = upstream.usage_of(body["messages"])
+                    chunk = {"object": "chat.completion.chunk", "choices": [], "usage": usage}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
 
             def _chunk(self, delta: dict[str, str]) -> None:

@@ -57,8 +57,11 @@ def test_normal_stream_sends_the_session_history(
     body = {"session_id": session_id, "role": "user", "content": "second question"}
     client.post("/agents/message", headers=headers, json=body)
     events = run_stream(openai_app, headers, session_id)
-    assert events[-1].json == {"type": "done", "session_id": session_id}
+    final = events[-1].json
+    usage = final.pop("usage")
+    assert final == {"type": "done", "session_id": session_id}
     reply = "".join(e.json["content"] for e in events[:-1])
+    assert usage == upstream.usage_of(upstream.requests[-1]["messages"])  # the upstream's own count
     first_reply = "".join(e.json["content"] for e in first[:-1])
     assert first_reply == "Upstream heard 1 messages, the last: first question"
     assert reply == "Upstream heard 3 messages, the last: second question"

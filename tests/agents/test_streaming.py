@@ -49,9 +49,12 @@ def test_stream_frames_and_stored_reply(client: FlaskClient, auth_headers: Heade
     *deltas, done = events
     assert all(e.event == "message" and e.json["type"] == "delta" for e in deltas)
     assert all(e.json["session_id"] == session_id for e in events)
-    assert done.event == "message" and done.json == {"type": "done", "session_id": session_id}
+    final = done.json
+    usage = final.pop("usage")
+    assert done.event == "message" and final == {"type": "done", "session_id": session_id}
     reply = "".join(e.json["content"] for e in deltas)
     assert reply == compose_reply([{"role": "user", "content": "What is the weather like?"}])
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
     assert "question" in reply and len(deltas) > 10  # word-sized deltas
     # Every frame has an id: <stream>:<n>, numbered from 1.
     stream_ids = {e.id.split(":")[0] for e in events if e.id}

@@ -11,7 +11,13 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.agents.backends.base import AgentBackend, AgentBackendError, AgentRequestRefused, Message
+from gateway.agents.backends.base import (
+    AgentBackend,
+    AgentBackendError,
+    AgentRequestRefused,
+    Message,
+    UsageMeter,
+)
 
 # One backend per distinct configuration and process, so the openai backend's
 # connection pool and circuit breaker are shared by every stream of a worker.
@@ -67,6 +73,7 @@ __all__ = [
     "AgentBackendError",
     "AgentRequestRefused",
     "Message",
+    "UsageMeter",
     "backend_from_config",
     "clear_backends",
 ]

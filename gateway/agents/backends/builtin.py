@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 
-from gateway.agents.backends.base import Message
+from gateway.agents.backends.base import Message, UsageMeter, estimate_tokens, text_tokens
 
 _WORD = re.compile(r"\s*\S+\s*")
 NO_MESSAGE_REPLY = "Hello! Post a user message to this session and I will answer it."
@@ -46,9 +46,13 @@ class BuiltinBackend:
         self.delay_seconds = delay_seconds
         self.max_pause_seconds = delay_seconds
 
-    def stream_reply(self, messages: list[Message]) -> Iterator[str]:
+    def stream_reply(self, messages: list[Message], meter: UsageMeter | None = None) -> Iterator[str]:
         """Yield the reply's words with ``delay_seconds`` between them."""
         reply = compose_reply(messages)
+        if meter is not None:
+            # Its own count, the same for the same conversation: no model, no tokenizer, so the
+            # estimate's rule is the count (not marked estimated).
+            meter.prompt_tokens = sum(map(estimate_tokens, messages))
         del messages  # the conversation is not needed any more: do not keep it for the stream's life
         # Each piece is cut as it is sent (match at an offset), not all at once: a thousand
         # open streams then hold one reply string and an int each, neither a list of words
@@ -61,3 +65,5 @@ class BuiltinBackend:
                 time.sleep(self.delay_seconds)
             position = match.end()
             yield match.group()
+        if meter is not None:  # the whole reply went out: its count is final
+            meter.reported = {"prompt_tokens": meter.prompt_tokens, "completion_tokens": text_tokens(reply)}

@@ -19,7 +19,13 @@ from typing import Any
 
 import httpx
 
-from gateway.agents.backends.base import AgentBackendError, AgentRequestRefused, Message
+from gateway.agents.backends.base import (
+    AgentBackendError,
+    AgentRequestRefused,
+    Message,
+    UsageMeter,
+    estimate_tokens,
+)
 from gateway.agents.backends.breaker import CircuitBreaker, CircuitOpenError
 from gateway.metrics import recorder
 
@@ -30,16 +36,8 @@ ERROR_BODY_LIMIT = 4096
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # e.g. context_length_exceeded
 # 4xx answers about the request's content: the caller can shorten or fix it.
 _CONTENT_REFUSALS = frozenset({400, 413, 422})
-# Token estimate without the model's tokenizer: ~4 characters a token in English text, plus
-# the few tokens chat formats spend on every message's role and separators.
-CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4
 DEFAULT_HISTORY_TOKENS = 8192
 DEFAULT_MAX_TOKENS = 1024
-
-
-def estimate_tokens(message: Message) -> int:
-    return TOKENS_PER_MESSAGE + -(-len(message["content"]) // CHARS_PER_TOKEN)
 
 
 def bounded_history(messages: list[Message], budget: int) -> list[Message]:
@@ -109,7 +107,7 @@ class OpenAIBackend:
             max_tokens=config.get("OPENAI_MAX_TOKENS", DEFAULT_MAX_TOKENS),
         )
 
-    def stream_reply(self, messages: list[Message]) -> Iterator[str]:
+    def stream_reply(self, messages: list[Message], meter: UsageMeter | None = None) -> Iterator[str]:
         """Yield content deltas; raise AgentBackendError at once while the breaker is open."""
         try:
             self.breaker.before_call()
@@ -121,7 +119,7 @@ class OpenAIBackend:
         verdict = False
         answered = False
         try:
-            for delta in self._request(messages):
+            for delta in self._request(messages, meter):
                 answered = True
                 yield delta
             verdict = True
@@ -148,11 +146,16 @@ class OpenAIBackend:
         recorder.record_upstream_failure(NAME)
         self.breaker.failure()
 
-    def _request(self, messages: list[Message]) -> Iterator[str]:
+    def _request(self, messages: list[Message], meter: UsageMeter | None) -> Iterator[str]:
         history = bounded_history(messages, self.history_tokens)
+        if meter is not None:
+            meter.prompt_tokens = sum(map(estimate_tokens, history))  # until the upstream says
         payload = {
             "model": self.model,
             "stream": True,
+            # The upstream's own count, in a last chunk with empty choices (OpenAI, vLLM,
+            # llama.cpp, LiteLLM); one that ignores it leaves the estimate in place.
+            "stream_options": {"include_usage": True},
             "max_tokens": self.max_tokens,
             "messages": [{"role": m["role"], "content": m["content"]} for m in history],
         }
@@ -160,7 +163,7 @@ class OpenAIBackend:
             with self.client.stream("POST", "chat/completions", json=payload) as response:
                 if response.status_code != 200:
                     raise status_error(response.status_code, _error_code(response))
-                yield from parse_chat_stream(response.iter_lines())
+                yield from parse_chat_stream(response.iter_lines(), meter)
         except httpx.TimeoutException as exc:
             log.warning("openai upstream timed out: %s", type(exc).__name__)
             raise AgentBackendError("The agent upstream timed out.") from None
@@ -198,20 +201,21 @@ def _error_code(response: httpx.Response) -> str | None:
     return code if isinstance(code, str) and _ERROR_CODE.match(code) else None
 
 
-def parse_chat_stream(lines: Iterable[str]) -> Iterator[str]:
-    """Content deltas from chat-completions SSE lines, up to ``data: [DONE]``."""
+def parse_chat_stream(lines: Iterable[str], meter: UsageMeter | None = None) -> Iterator[str]:
+    """Content deltas from chat-completions SSE lines, up to ``data: [DONE]``; the upstream's
+    ``usage`` (any chunk may carry it, the last one does) goes to ``meter``."""
     for line in lines:
         if not line.startswith("data:"):
             continue  # comments, blank separators, event names
         data = line[5:].strip()
         if data == "[DONE]":
             return
-        content = _delta_content(data)
+        content = _delta_content(data, meter)
         if content:
             yield content
 
 
-def _delta_content(data: str) -> str | None:
+def _delta_content(data: str, meter: UsageMeter | None = None) -> str | None:
     try:
         chunk = json.loads(data)
     except ValueError:
@@ -220,8 +224,24 @@ def _delta_content(data: str) -> str | None:
         raise AgentBackendError("The agent upstream sent a malformed stream.")
     if chunk.get("error"):
         raise AgentBackendError("The agent upstream reported an error.")
+    if meter is not None and chunk.get("usage"):
+        reported = reported_usage(chunk["usage"])
+        if reported is not None:
+            meter.reported = reported
     choices = chunk.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     delta = choice.get("delta") or {}
     content = delta.get("content") if isinstance(delta, dict) else None
     return content if isinstance(content, str) else None
+
+
+def reported_usage(usage: Any) -> dict[str, int] | None:
+    """The upstream's ``{prompt_tokens, completion_tokens}`` when both are counts; else None
+    (a malformed usage is ignored: the estimate stands, it never fails a good reply)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    counts = (prompt, completion)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 10**9 for n in counts):
+        return None
+    return {"prompt_tokens": int(prompt), "completion_tokens": int(completion)}  # type: ignore[arg-type]
