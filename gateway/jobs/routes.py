@@ -78,6 +78,7 @@ class JobDetail(JobSummary):
     started_at: str | None
     retries_left: int | None = None
     result: Any = None
+    usage: dict[str, Any] | None = None  # agent.run: the reply's tokens
     error: str | None = None
 
 

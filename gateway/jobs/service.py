@@ -139,7 +139,7 @@ def detail(job: Job) -> dict[str, Any]:
     }
     # A job waiting for a retry also shows why its last attempt failed.
     if status == "finished":
-        view["result"] = job.return_value()
+        view.update(_result_fields(job.return_value()))
     elif job.meta.get(ERROR_META):
         view["error"] = job.meta[ERROR_META]
     elif status == "failed":
@@ -147,6 +147,17 @@ def detail(job: Job) -> dict[str, Any]:
     elif status == "canceled":
         view["error"] = "The job was canceled"
     return view
+
+
+def _result_fields(value: Any) -> dict[str, Any]:
+    """``result`` as CONTRACT section 3 has it, and an agent reply's ``usage`` beside it.
+
+    ``agent.run`` returns ``{"reply", "usage"}``; its ``result`` stays the reply text, as
+    FastAPI-era clients read it, and the token counts ride next to it (section 8).
+    """
+    if isinstance(value, dict) and set(value) == {"reply", "usage"}:
+        return {"result": value["reply"], "usage": value["usage"]}
+    return {"result": value}
 
 
 def fetch(conn: redis.Redis, job_id: str, *, owner: str | None) -> Job:

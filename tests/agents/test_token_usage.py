@@ -212,10 +212,9 @@ def test_job_result_carries_usage_and_counts(
     job = client.get(f"/jobs/{created.get_json()['job_id']}", headers=headers).get_json()
     assert job["status"] == "finished"
     expected = builtin_usage("job tokens")
-    assert job["result"] == {
-        "reply": compose_reply([{"role": "user", "content": "job tokens"}]),
-        "usage": expected,
-    }
+    # result stays the reply text (CONTRACT section 3); usage rides beside it (section 8).
+    assert job["result"] == compose_reply([{"role": "user", "content": "job tokens"}])
+    assert job["usage"] == expected
     assert used(r, key_id(headers), "1000/day").used == expected["total_tokens"]
 
 
