@@ -30,7 +30,7 @@ from gateway.agents.sse import (
     find_resume_point,
     new_stream_id,
 )
-from gateway.ratelimit import stream_opens_limit, tokens
+from gateway.ratelimit import client_ip, stream_opens_limit, tokens
 
 bp = Blueprint("agents", __name__, url_prefix="/agents")
 TAGS = ("agents",)
@@ -217,7 +217,9 @@ def _agent_stream(
     return streaming.AgentStream(
         app=current_app._get_current_object(),  # type: ignore[attr-defined]
         source=source,
-        checks=streaming.default_stop_checks(r=get_redis(), identity=_identity(), settings=settings),
+        checks=streaming.default_stop_checks(
+            r=get_redis(), identity=_identity(), settings=settings, client_ip=client_ip()
+        ),
         settings=settings,
         slot=slot,
     )

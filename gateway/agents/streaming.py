@@ -55,8 +55,10 @@ from typing import Any
 import redis
 from flask import Flask, has_app_context
 
-from auth.identity import Identity
+from auth.identity import Identity, ip_allowed
 from auth.keys import get_key, key_status
+from auth.loaders import identity_from_record
+from auth.scopes import AGENTS_WRITE
 from auth.sessions import session_key
 from core.errors import APIError
 from core.redis import KEYS, REDIS_UNAVAILABLE, LuaScript
@@ -102,6 +104,9 @@ STOP_MESSAGES: dict[str, str] = {
     "max_lifetime": "The stream reached its maximum lifetime and was closed.",
     "key_revoked": "The API key was revoked; the stream was closed.",
     "key_expired": "The API key expired; the stream was closed.",
+    "key_scope_removed": "The API key no longer has the agents:write scope; the stream was closed.",
+    "key_ip_not_allowed": "The API key may no longer be used from this client IP address; "
+    "the stream was closed.",
     "quota_exhausted": "The rate limit or quota of this key ran out; the stream was closed.",
     "token_quota_exhausted": "The token quota of this key ran out during the reply; the tokens "
     "sent were counted and the stream was closed.",
@@ -162,15 +167,24 @@ def lifetime_check(max_seconds: float, clock: Callable[[], float] = time.monoton
     return lambda: "max_lifetime" if clock() >= deadline else None
 
 
-def key_revocation_check(r: redis.Redis, key_id: str) -> StopCheck:
-    """Stops the stream once the key is revoked, expired or deleted (one HGETALL per check)."""
+def key_revocation_check(r: redis.Redis, key_id: str, client_ip: str | None = None) -> StopCheck:
+    """Stops the stream once the key is revoked, expired or deleted, or is edited so that it
+    no longer allows it: the stream route's ``agents:write`` scope removed, or ``client_ip``
+    taken off its allow-list (one HGETALL per check)."""
 
     def check() -> str | None:
         record = get_key(r, key_id)
         if record is None:
             return "key_revoked"
         status = key_status(record)
-        return None if status == "active" else f"key_{status}"
+        if status != "active":
+            return f"key_{status}"
+        edited = identity_from_record(record)
+        if not edited.has_scope(AGENTS_WRITE):
+            return "key_scope_removed"
+        if client_ip is not None and not ip_allowed(edited, client_ip):
+            return "key_ip_not_allowed"
+        return None
 
     return check
 
@@ -230,14 +244,16 @@ def shutdown_check() -> str | None:
     return _shutdown.reason()
 
 
-def default_stop_checks(*, r: redis.Redis, identity: Identity, settings: StreamSettings) -> list[StopCheck]:
+def default_stop_checks(
+    *, r: redis.Redis, identity: Identity, settings: StreamSettings, client_ip: str | None = None
+) -> list[StopCheck]:
     """The checks every open stream runs: server shutdown, lifetime; revocation and quota for
     API keys, the server-side session for admin users."""
     checks = [shutdown_check, lifetime_check(settings.max_seconds)]
     if identity.type == "user" and identity.session_id:
         checks.append(session_check(r, identity.session_id))
     if identity.type == "api_key":
-        checks.append(key_revocation_check(r, identity.id))
+        checks.append(key_revocation_check(r, identity.id, client_ip))
         quota = quota_check(identity)
         if quota is not None:
             checks.append(quota)

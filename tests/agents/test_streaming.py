@@ -12,10 +12,13 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from auth import keys, users
+from auth import keys, management, users
+from auth.audit import Actor
 from core.redis import KEYS
 from gateway.agents.backends.builtin import compose_reply
 from tests.agents.sse_client import Event, SSEParser, iter_events, parse
+
+TEST_ACTOR = Actor(owner="cli", name="test")
 
 Headers = Callable[..., dict[str, str]]
 HOSTILE = 'line one\n\nevent: error\ndata: {"type": "done"}\r\nid: 999\r\n\r\n: comment\rretry: 1\u2028end'
@@ -149,6 +152,40 @@ def test_revocation_ends_an_open_stream(
     assert events[-1].json["error"] == "key_revoked"
     assert "revoked" in events[-1].json["message"]
     assert time.monotonic() - revoked_at < 3  # checked at least once a second
+    assert all(e.json["type"] == "delta" for e in events[:-1])
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"scopes": ["agents:read"]}, "key_scope_removed"),
+        ({"allowed_ips": ["192.0.2.0/24"]}, "key_ip_not_allowed"),
+    ],
+)
+def test_an_edit_that_no_longer_allows_the_stream_ends_it(
+    make_app: Callable[..., Flask],
+    auth_headers: Headers,
+    new_session: Any,
+    r: redis.Redis,
+    key_id: Any,
+    changes: dict[str, Any],
+    reason: str,
+) -> None:
+    """PATCH /admin/keys narrowing the scopes or the allow-list reaches open streams too."""
+    client = make_app(AGENT_BUILTIN_DELAY_MS="50").test_client()
+    headers = auth_headers("agents:write", "agents:read")
+    session_id = new_session(client, headers, LONG)
+    response = stream(client, headers, session_id)
+    events: list[Event] = []
+    edited_at = 0.0
+    for event in iter_events(response.response):
+        events.append(event)
+        if len(events) == 3:
+            management.update_key(r, actor=TEST_ACTOR, key_id=key_id(headers), cache=None, changes=changes)
+            edited_at = time.monotonic()
+    response.close()
+    assert events[-1].event == "error" and events[-1].json["error"] == reason, events[-1].json
+    assert time.monotonic() - edited_at < 3  # checked at least once a second
     assert all(e.json["type"] == "delta" for e in events[:-1])
 
 
