@@ -211,7 +211,9 @@ def test_two_concurrent_consumers_get_one_stream(app: Flask, auth_headers: Heade
         ticket = get_ticket(app.test_client(), headers, session_id)
         barrier, statuses = threading.Barrier(2), []
 
-        def consume(ticket: str = ticket, barrier: threading.Barrier = barrier) -> None:
+        def consume(
+            ticket: str = ticket, barrier: threading.Barrier = barrier, statuses: list[int] = statuses
+        ) -> None:
             client = app.test_client()
             barrier.wait()
             response = open_stream(client, session_id, ticket)
