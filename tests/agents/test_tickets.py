@@ -283,3 +283,20 @@ def test_the_ticket_appears_in_no_log_line(
     # loggers are cleaned by their JSON formatter: the lines above).
     server = [rec.getMessage() for rec in caplog.records if not rec.name.startswith("gateway")]
     assert len(server) == 2 and all("[redacted]" in line and ticket[4:] not in line for line in server)
+
+
+def test_openapi_documents_the_ticket_route_and_the_ticket_parameter(client: FlaskClient) -> None:
+    document = client.get("/openapi.json").get_json()
+    issue = document["paths"]["/agents/stream/ticket"]["post"]
+    assert issue["x-required-scope"] == "agents:write"
+    assert set(issue["responses"]) >= {"201", "401", "403", "404"}
+    assert "requestBody" in issue
+    stream = document["paths"]["/agents/stream"]["get"]
+    assert "ticket" in [p["name"] for p in stream["parameters"]]
+    assert {"streamTicket": []} in stream["security"]
+    assert document["components"]["securitySchemes"]["streamTicket"]["in"] == "query"
+    # No other operation takes a ticket.
+    others = [
+        op for path, ops in document["paths"].items() for m, op in ops.items() if path != "/agents/stream"
+    ]
+    assert not any({"streamTicket": []} in op.get("security", []) for op in others)
