@@ -300,3 +300,44 @@ def test_openapi_documents_the_ticket_route_and_the_ticket_parameter(client: Fla
         op for path, ops in document["paths"].items() for m, op in ops.items() if path != "/agents/stream"
     ]
     assert not any({"streamTicket": []} in op.get("security", []) for op in others)
+
+
+def test_revoking_the_key_ends_a_ticket_stream_midway(
+    make_app: Callable[..., Flask], auth_headers: Headers, new_session: Any, r: redis.Redis, key_id: Any
+) -> None:
+    from tests.agents.sse_client import iter_events
+
+    client = make_app(AGENT_BUILTIN_DELAY_MS="50").test_client()
+    headers = auth_headers("agents:write")
+    session_id = new_session(client, headers, " ".join(f"word{n}" for n in range(200)))
+    ticket = get_ticket(client, headers, session_id)
+    response = client.get(f"/agents/stream?session_id={session_id}&ticket={ticket}", buffered=False)
+    events = []
+    for event in iter_events(response.response):
+        events.append(event)
+        if len(events) == 3:
+            keys.revoke_key(r, key_id(headers))
+    response.close()
+    assert events[-1].event == "error" and events[-1].json["error"] == "key_revoked"
+
+
+@pytest.mark.parametrize("change", ["disable", "password"])
+def test_a_disabled_user_or_changed_password_voids_the_users_tickets(
+    client: FlaskClient, auth_headers: Headers, new_session: Any, r: redis.Redis, change: str
+) -> None:
+    user = users.create_user(r, email=EMAIL, password=PASSWORD)
+    users.create_user(r, email="other@example.com", password=PASSWORD)  # the last admin is never disabled
+    origin = {"Origin": ORIGIN}
+    assert (
+        client.post("/auth/login", json={"email": EMAIL, "password": PASSWORD}, headers=origin).status_code
+        == 200
+    )
+    session_id = new_session(client, auth_headers("agents:write"), "hi")
+    ticket = client.post("/agents/stream/ticket", json={"session_id": session_id}, headers=origin).get_json()[
+        "ticket"
+    ]
+    if change == "disable":
+        users.disable_user(r, user["id"])
+    else:
+        users.set_password(r, user["id"], PASSWORD + " changed")
+    assert_ticket_refused(open_stream(client.application.test_client(), session_id, ticket))
