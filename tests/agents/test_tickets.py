@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from auth import keys, users
+from auth.loaders import pepper
 from core.redis import KEYS
 from tests.agents.sse_client import parse
 from tests.auth.conftest import EMAIL, ORIGIN, PASSWORD
@@ -341,3 +342,24 @@ def test_a_disabled_user_or_changed_password_voids_the_users_tickets(
     else:
         users.set_password(r, user["id"], PASSWORD + " changed")
     assert_ticket_refused(open_stream(client.application.test_client(), session_id, ticket))
+
+
+def test_redis_down_when_redeeming_answers_503_not_500(
+    tmp_path: Any, test_env: dict[str, str], make_key: Callable[..., str]
+) -> None:
+    from devtools.redis_server import RedisServer
+    from gateway import create_app
+
+    own = RedisServer(tmp_path / "own-redis").start()
+    try:
+        app = create_app({**test_env, "REDIS_URL": own.url})
+        store = redis.Redis.from_url(own.url, decode_responses=True)
+        _, secret = keys.create_key(store, pepper=pepper(app), name="t", scopes=["agents:write"])
+        store.close()
+        client, headers = app.test_client(), {"X-API-Key": secret}
+        session_id = client.post("/agents/session", headers=headers).get_json()["session_id"]
+        ticket = get_ticket(client, headers, session_id)
+    finally:
+        own.stop()
+    response = open_stream(client, session_id, ticket)
+    assert response.status_code == 503 and response.get_json()["status_code"] == 503
