@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Request, current_app, request, session
+from flask import Flask, Request, current_app, g, request, session
 
 from auth import keys, users
 from auth.cache import KeyCache
-from auth.credentials import presented_key
+from auth.credentials import TicketGrant, presented_key, presented_ticket
 from auth.errors import Unauthenticated
-from auth.identity import Identity, login_manager
+from auth.identity import Identity, current_identity, login_manager
 from auth.identity import init_app as bind_flask_login
 from auth.scopes import ADMIN
-from auth.sessions import RedisSessionInterface, settle_unread_session
+from auth.sessions import RedisSessionInterface, session_key, settle_unread_session
 from core.extensions import get_redis
 
 CACHE_EXTENSION = "auth.key_cache"
+TICKET_ATTR = "auth_ticket_identity"  # flask.g: a ticket is redeemed once per request, at most
+INVALID_TICKET = (
+    "The stream ticket is not valid: it is unknown, used, expired, for another session, "
+    "or its key or login session is no longer valid. Ask POST /agents/stream/ticket for a new one."
+)
 
 
 def identity_from_record(record: dict[str, Any]) -> Identity:
@@ -83,7 +88,54 @@ def remember_record(cache: KeyCache, key_digest: str, record: dict[str, Any]) ->
 def load_from_request(req: Request) -> Identity | None:
     """Flask-Login's request_loader: the presented key's identity, or None."""
     secret = presented_key(req)
-    return resolve_key(secret) if secret is not None else None
+    if secret is not None:
+        return resolve_key(secret)
+    return load_from_ticket(req)
+
+
+def load_from_ticket(req: Request) -> Identity | None:
+    """The identity a stream ticket was issued to, loaded fresh from its record; else None.
+
+    The ticket is consumed here (single use), so a second ask within the request gets the
+    first answer instead of redeeming it again."""
+    if TICKET_ATTR in g:
+        return g.get(TICKET_ATTR)  # type: ignore[no-any-return]
+    presented = presented_ticket(req)
+    if presented is None:
+        return None
+    ticket, redeem = presented
+    setattr(g, TICKET_ATTR, None)  # a failure below still counts as this request's one try
+    grant = redeem(req, ticket)
+    identity = identity_from_grant(grant) if grant is not None else None
+    setattr(g, TICKET_ATTR, identity)
+    return identity
+
+
+def identity_from_grant(grant: TicketGrant) -> Identity | None:
+    """The grant's identity as its record says now: a revoked or expired key, a disabled
+    user, a changed password or an ended login session gives None."""
+    kind, _, raw_id = grant.owner.partition(":")
+    r = get_redis()
+    if kind == "api_key":
+        record = keys.get_key(r, raw_id)
+        if record is None or keys.key_status(record) != "active":
+            return None
+        return identity_from_record(record)
+    if kind == "user" and grant.login_sid:
+        user = users.get_user(r, raw_id)
+        if user is None or not users.session_is_current(user, grant.auth_epoch):
+            return None
+        if not r.exists(session_key(grant.login_sid)):
+            return None  # logged out (or the session expired) since the ticket was issued
+        return identity_from_user(user, grant.login_sid)
+    return None
+
+
+def refuse_invalid_ticket() -> None:
+    """before_request, after the limiter (which counted the request) and before the access
+    guard: a ticket that redeems to no identity is a 401 that says so (RFC 6750 invalid_token)."""
+    if presented_ticket(request) is not None and current_identity() is None:
+        raise Unauthenticated(INVALID_TICKET, key_presented=True)
 
 
 def load_user(user_id: str) -> Identity | None:
@@ -114,3 +166,4 @@ def init_app(app: Flask) -> None:
     login_manager.request_loader(load_from_request)
     login_manager.user_loader(load_user)
     login_manager.unauthorized_handler(unauthorized)
+    app.before_request(refuse_invalid_ticket)

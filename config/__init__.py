@@ -150,6 +150,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STREAM_HEARTBEAT_SECONDS", parse_float, 15.0),
     # How long a stream's frames stay in Redis for resuming after Last-Event-ID.
     Setting("STREAM_RESUME_SECONDS", parse_int, 300),
+    # Lifetime of a stream ticket (POST /agents/stream/ticket), 1..120 s (CONTRACT section 8).
+    Setting("STREAM_TICKET_SECONDS", parse_int, 60),
     Setting("EVENTS_MAX_LENGTH", parse_int, 100_000),
     # What one tenant may keep (README "Limits per tenant"): the largest event (event_type +
     # data as stored JSON, bytes), how long events are kept, sessions per identity, and jobs
@@ -224,6 +226,10 @@ class Config:
             # A live stream renews its reservation every 3 s (with its slot): below 10 s a busy
             # worker's live reservations would lapse under it.
             raise ConfigError("AGENT_TOKEN_RESERVATION_SECONDS must be at least 10")
+        if not 1 <= values["STREAM_TICKET_SECONDS"] <= 120:
+            raise ConfigError(
+                f"STREAM_TICKET_SECONDS must be 1 to 120, got {values['STREAM_TICKET_SECONDS']}"
+            )
         if values["TRUSTED_PROXY_COUNT"] < 0 or values["AGENT_BUILTIN_DELAY_MS"] < 0:
             raise ConfigError("TRUSTED_PROXY_COUNT and AGENT_BUILTIN_DELAY_MS cannot be negative")
 

@@ -636,7 +636,7 @@ class KEYS:
     ``{kd:<hmac>}``           ``gw:keys:{kd:..}:digest`` -> key id (looked up by digest alone)
     ``{ue:<email>}``          ``gw:users:{ue:..}:email`` -> user id
     ``{ls:<hash>}``           one login session ``gw:sessions:{ls:..}:record``
-    ``{s:<session id>}``      an agent session's hash, messages and reply claims
+    ``{s:<session id>}``      an agent session's hash, messages, reply claims, stream tickets
     ``{st:<stream id>}``      one agent stream's meta and frames (written in one MULTI)
     ``{i:<scope>:<digest>}``  one Idempotency-Key record
     ``{rq:job:<id>}``         a job's claim and cancel marks: the slot of RQ's own job hash
@@ -743,6 +743,12 @@ class KEYS:
     @staticmethod
     def agent_stream_slots(owner: str) -> str:
         return tagged("agents", owner_tag(owner), "streams", owner)
+
+    @staticmethod
+    def agent_stream_ticket(session_id: str, ticket_digest: str) -> str:
+        """A stream ticket (its digest only), in its session's slot: the stream's query names
+        the session, so a ticket is found (and consumed by GETDEL) without an identity."""
+        return tagged("agents", f"s:{session_id}", "ticket", ticket_digest)
 
     @staticmethod
     def agent_reply_claim(session_id: str, message_id: str) -> str:

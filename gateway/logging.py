@@ -3,9 +3,10 @@
 A request id comes from the client's ``X-Request-ID`` when it is short and plain
 (so a proxy's or caller's id links their logs to ours), else a fresh one; it is
 returned in the answer. Access lines name the method, path (never the query
-string), status, duration and identity; headers are never logged, so the
-``Authorization`` and ``X-API-Key`` headers and cookies cannot leak, and the
-formatter blanks anything shaped like a key or a bearer token in any message.
+string: a stream ticket rides in it), status, duration and identity; headers are never
+logged, so the ``Authorization`` and ``X-API-Key`` headers and cookies cannot leak, and the
+formatter blanks anything shaped like a key, a stream ticket or a bearer token in any
+message (the servers' own loggers get the same through a filter).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _random_bits = random.getrandbits
 # CONTRACT section 8. fullmatch, not `^...$`: `$` also matches before a trailing newline.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# API keys (auth.keys format), bearer credentials and key=value secrets in free text.
+# API keys (auth.keys format), stream tickets (gateway.agents.tickets: gwt_...), bearer
+# credentials and key=value secrets in free text (a URL's `?ticket=...` too).
 _SECRETS = re.compile(
-    r"rgw_[A-Za-z0-9]{4,}|(?i:bearer)\s+\S+|(?i:(?:api[_-]?key|password|secret|token)[\"']?\s*[:=]\s*)\S+"
+    r"rgw_[A-Za-z0-9]{4,}|gwt_[A-Za-z0-9_-]{4,}|(?i:bearer)\s+\S+"
+    r"|(?i:(?:api[_-]?key|password|secret|token|ticket)[\"']?\s*[:=]\s*)[^\s&]+"
 )
 REDACTED = "[redacted]"
 # Loggers whose records get the JSON handler (the app's own and the auth package's).
@@ -44,6 +47,29 @@ ACCESS_LOGGER = "gateway.access"
 
 def redact(text: str) -> str:
     return _SECRETS.sub(REDACTED, text)
+
+
+# Loggers of the servers around the app, which write request lines and URIs with their query
+# strings (werkzeug's development server, gunicorn's "Error handling request <uri>").
+SERVER_LOGGERS = ("werkzeug", "gunicorn.error", "gunicorn.access")
+
+
+class RedactingFilter(logging.Filter):
+    """Blanks secrets in records of loggers whose lines the gateway does not format."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def _redact_server_loggers() -> None:
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
 
 
 def request_id() -> str | None:
@@ -299,6 +325,7 @@ def clip(value: str | None, budget: int) -> str | None:
 def init_app(app: Flask) -> None:
     """JSON log lines for the app's loggers, request ids and access lines; call first."""
     _configure_loggers(app.config["LOG_LEVEL"])
+    _redact_server_loggers()
     _batch.configure(app.config["ACCESS_LOG_FLUSH_MS"])
     app.before_request(start_request)
     app.after_request(finish_request)

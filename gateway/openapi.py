@@ -31,6 +31,7 @@ from werkzeug.routing import Rule
 
 from auth import public
 from auth.access import ACCESS_ATTR, Access
+from auth.credentials import TICKET_EXTENSION, TICKET_PARAM
 from auth.scopes import ADMIN, ALL_SCOPES
 from core.schemas import EndpointSpec, endpoint, endpoint_spec
 from gateway.health import HEALTH_ENDPOINTS
@@ -124,7 +125,7 @@ class _Builder:
             for method in sorted(m.lower() for m in rule.methods or () if m.lower() in _METHODS):
                 operation = self.operation(rule, view, method, path_params)
                 self.paths.setdefault(path, {})[method] = operation
-        return self.document()
+        return _with_stream_tickets(self.app, self.document())
 
     def operation(
         self, rule: Rule, view: Callable[..., Any], method: str, path_params: list[dict[str, Any]]
@@ -352,6 +353,38 @@ def _error_responses(error_schema: dict[str, Any]) -> dict[str, Any]:
             answer["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
         responses[f"Error{code}"] = answer
     return responses
+
+
+# Stream tickets (issue 16): the routes that take ``?ticket=`` in place of a key (GET only).
+TICKET_SCHEME = {
+    "type": "apiKey",
+    "in": "query",
+    "name": TICKET_PARAM,
+    "description": "A single-use stream ticket from `POST /agents/stream/ticket` (at most 120 s, for "
+    "one session); for `EventSource`, which cannot send headers. No other route takes it.",
+}
+
+
+def _with_stream_tickets(app: Flask, document: dict[str, Any]) -> dict[str, Any]:
+    """Add the ticket scheme, and the ``ticket`` parameter to the operations that take one."""
+    endpoints = app.extensions.get(TICKET_EXTENSION, {})
+    taking = [rule for rule in app.url_map.iter_rules() if rule.endpoint in endpoints]
+    if not taking:
+        return document
+    document["components"]["securitySchemes"]["streamTicket"] = TICKET_SCHEME
+    parameter = {
+        "name": TICKET_PARAM,
+        "in": "query",
+        "required": False,
+        "description": "A stream ticket, in place of a key header; used once.",
+        "schema": {"type": "string", "pattern": "^gwt_[A-Za-z0-9_-]{43}$"},
+    }
+    for rule in taking:
+        operation = document["paths"].get(_openapi_path(rule)[0], {}).get("get")
+        if operation is not None:
+            operation.setdefault("parameters", []).append(parameter)
+            operation["security"] = [*operation["security"], {"streamTicket": []}]
+    return document
 
 
 def build_document(app: Flask) -> dict[str, Any]:

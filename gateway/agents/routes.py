@@ -11,15 +11,20 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask import session as login_session
+from flask.blueprints import BlueprintSetupState
 
 from auth import current_identity, require_scope
+from auth.credentials import accept_tickets
 from auth.identity import Identity
+from auth.loaders import pepper
 from auth.scopes import ADMIN, AGENTS_READ, AGENTS_WRITE
+from auth.users import SESSION_EPOCH
 from core.errors import APIError
 from core.extensions import get_redis
 from core.redis import KEYS
 from core.schemas import endpoint, parse_json, parse_query
-from gateway.agents import schemas, service, streaming
+from gateway.agents import schemas, service, streaming, tickets
 from gateway.agents.backends import backend_from_config
 from gateway.agents.sse import (
     DONE,
@@ -279,3 +284,38 @@ def _live_source(
         claim=claim,
         tokens=reservation,
     )
+
+
+# --- Stream tickets (issue 16): an EventSource cannot send headers -------------------------
+
+
+@bp.post("/stream/ticket")
+@require_scope(AGENTS_WRITE)
+@endpoint(
+    "Get a single-use ticket to open the session's stream without headers (EventSource)",
+    tags=TAGS,
+    body=tickets.TicketIn,
+    responses={201: tickets.TicketOut, 404: schemas.SESSION_NOT_FOUND},
+)
+def stream_ticket() -> tuple[Response, int]:
+    """A ticket for ``GET /agents/stream?session_id=&ticket=``: no header needed, used once,
+    expires after ``expires_in`` seconds (at most 120), bound to the session and the caller.
+
+    The stream then runs as the caller (its scopes, limits, quotas and stream slots); a used,
+    expired or foreign ticket, or a revoked key, gets 401. Only that route takes a ticket."""
+    body = parse_json(tickets.TicketIn)
+    session = _visible_session(body.session_id)
+    identity = _identity()
+    ttl = tickets.ticket_seconds(current_app.config)
+    epoch = login_session.get(SESSION_EPOCH) if identity.type == "user" else None
+    ticket = tickets.issue(
+        get_redis(), key=pepper(), identity=identity, session_id=session["id"], ttl=ttl, auth_epoch=epoch
+    )
+    response = jsonify({"ticket": ticket, "expires_in": ttl})
+    response.headers["Cache-Control"] = "no-store"  # a credential: never kept by a cache
+    return response, 201
+
+
+@bp.record_once
+def _stream_takes_tickets(state: BlueprintSetupState) -> None:
+    accept_tickets(state.app, f"{bp.name}.{stream.__name__}", tickets.redeem)
