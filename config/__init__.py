@@ -242,15 +242,10 @@ def _validate_redis(values: dict[str, Any]) -> None:
             "JOBS_REDIS_URL cannot be a cluster (RQ has no Cluster support): "
             "name a standalone or Sentinel Redis"
         )
-    if url and parse_redis_target("REDIS_URL", url).topology == CLUSTER:
-        if not jobs:
-            raise ConfigError(
-                "JOBS_REDIS_URL is required when REDIS_URL is a cluster (RQ has no Cluster support)"
-            )
-        if values["REDIS_WAIT_REPLICAS"] > 0:
-            raise ConfigError(
-                "REDIS_WAIT_REPLICAS is not supported with a cluster REDIS_URL yet; set it to 0"
-            )
+    if url and parse_redis_target("REDIS_URL", url).topology == CLUSTER and not jobs:
+        raise ConfigError(
+            "JOBS_REDIS_URL is required when REDIS_URL is a cluster (RQ has no Cluster support)"
+        )
     values["JOBS_REDIS_URL"] = jobs or url
     if values["REDIS_WAIT_REPLICAS"] < 0 or values["REDIS_WAIT_TIMEOUT_MS"] <= 0:
         raise ConfigError("REDIS_WAIT_REPLICAS cannot be negative and REDIS_WAIT_TIMEOUT_MS must be positive")

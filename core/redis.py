@@ -366,7 +366,9 @@ def create_redis(
     extra.setdefault("socket_read_size", 4 * 1024)
     options = _options(socket_timeout, connect_timeout, max_connections, decode_responses, extra)
     if target.topology == CLUSTER:
-        return _cluster(target, options)
+        client = _cluster(target, options)
+        client.gw_wait = WaitPolicy(wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
+        return client
     pool = _pool(target, options)
     pool.idle_seconds, pool.min_idle = idle_seconds, min_idle
     if wait_replicas > 0:
@@ -436,17 +438,63 @@ def _sentinel_pool(target: RedisTarget, options: dict[str, Any]) -> _SentinelPoo
 
 def _cluster(target: RedisTarget, options: dict[str, Any]) -> RedisCluster:
     """RedisCluster follows MOVED/ASK itself; its nodes get the same bounded timeouts.
-    (Every key carries a hash tag, KEYS; what a cluster changes: docs/redis-cluster.md.)"""
+    (Every key carries a hash tag, KEYS; what a cluster changes: docs/redis-cluster.md.)
+
+    The nodes' connections note which node they write to inside :func:`replicated`
+    (a ``url`` makes the nodes' pools take that connection class as given; with
+    ``ssl=True`` redis-py would replace it by its own TLS class)."""
     kept = ("socket_timeout", "socket_connect_timeout", "max_connections", "decode_responses")
     kept += ("client_name", "health_check_interval", "socket_read_size", "retry_on_error", "retry")
+    base = redis.SSLConnection if target.tls else redis.Connection
+    noting = type(f"Noting{base.__name__}", (_NotingConnection, base), {})
+    (first_host, first_port), *others = target.hosts
     client = RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
-        ssl=target.tls,
+        url=f"redis://{first_host}:{first_port}",  # the nodes' pools built as from_url builds them
+        startup_nodes=[ClusterNode(host, port) for host, port in others],
+        connection_class=noting,
         **_auth(target),
         **{k: options[k] for k in kept if k in options},
     )
     client.gw_target = target  # type: ignore[attr-defined]
     return client
+
+
+class _NotingConnection:
+    """Mixed into a cluster node's connection class: tells :data:`_written` where it sends."""
+
+    host: str
+    port: int
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        _written.note((self.host, self.port))
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+
+class _Written:
+    """The cluster nodes each thread of control (greenlet) sent commands to inside a
+    :func:`replicated` block: WAIT goes to each of them afterwards."""
+
+    def __init__(self) -> None:
+        self.by_task: dict[int, set[tuple[str, int]]] = {}
+
+    def start(self) -> set[tuple[str, int]] | None:
+        """A fresh record for this task; None when one is open already (nested blocks)."""
+        task = id(_current_task())
+        if task in self.by_task:
+            return None
+        self.by_task[task] = noted = set()
+        return noted
+
+    def note(self, address: tuple[str, int]) -> None:
+        noted = self.by_task.get(id(_current_task())) if self.by_task else None
+        if noted is not None:
+            noted.add(address)
+
+    def stop(self) -> None:
+        del self.by_task[id(_current_task())]
+
+
+_written = _Written()
 
 
 def redis_from_config(config: Any, *, url_setting: str = "REDIS_URL", **extra: Any) -> Any:
@@ -477,6 +525,10 @@ def replicated(r: Any) -> Iterator[None]:
     on a new socket would vouch for no write at all. With 0 replicas (the default), or
     a client not built here, nothing is sent and nothing is pinned.
     """
+    if is_cluster(r):
+        with _replicated_on_cluster(r):
+            yield
+        return
     pool = getattr(r, "connection_pool", None)
     policy = getattr(pool, "wait", None)
     if policy is None or policy.replicas <= 0 or pool.durable is None or _pins.get(pool) is not None:
@@ -494,6 +546,63 @@ def replicated(r: Any) -> Iterator[None]:
         _wait(conn, policy, opened)
     finally:
         pool.durable.release(conn)
+
+
+@contextlib.contextmanager
+def _replicated_on_cluster(r: RedisCluster) -> Iterator[None]:
+    """:func:`replicated` on a cluster. The block's commands run on whichever connection of
+    each node redis-py picks, so WAIT cannot ride on the writes' own connection; instead,
+    on each node the block wrote to, one connection writes a marker key of a slot that node
+    owns and WAITs. A primary replicates one ordered stream, so replicas that have the
+    marker have the block's earlier writes too. A node no longer primary (MOVED), gone
+    (connection error) or slow to answer: NotReplicatedError, a 503."""
+    policy = getattr(r, "gw_wait", None)
+    noted = _written.start() if policy is not None else None
+    if noted is None:
+        yield  # off, or nested inside another replicated() block that will WAIT
+        return
+    try:
+        yield
+    finally:
+        _written.stop()
+    for host, port in sorted(noted):
+        _wait_on_node(r, host, port, policy)
+
+
+_markers: dict[str, str] = {}  # node name -> a key of a slot it owns: WAIT's marker
+
+
+def _marker_key(r: RedisCluster, name: str) -> str | None:
+    known = _markers.get(name)
+    if known is not None and r.get_node_from_key(known).name == name:
+        return known
+    for n in range(4096):  # a primary owns about 1/N of the slots: a few tries each
+        candidate = tagged("wait", f"m{n}", "mark")
+        if r.get_node_from_key(candidate).name == name:
+            _markers[name] = candidate
+            return candidate
+    return None
+
+
+def _wait_on_node(r: RedisCluster, host: str, port: int, policy: WaitPolicy) -> None:
+    node = r.get_node(host=host, port=port)
+    marker = _marker_key(r, node.name) if node is not None else None
+    if node is None or marker is None:  # the slot map dropped it: a failover came between
+        raise NotReplicatedError(f"{host}:{port} no longer serves a slot")
+    pool = node.redis_connection.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_command("SET", marker, "1", "PX", 60_000)
+        conn.read_response()  # MOVED when the node was demoted: the writes may be lost
+        conn.send_command("WAIT", policy.replicas, policy.timeout_ms)
+        acked = int(conn.read_response())
+    except redis.RedisError as exc:
+        conn.disconnect()  # a late WAIT reply must not be read as another command's
+        raise NotReplicatedError(f"WAIT on {host}:{port} failed: {failure_label(exc)}") from None
+    finally:
+        pool.release(conn)
+    if acked < policy.replicas:
+        raise NotReplicatedError(f"{acked} of {policy.replicas} replicas acknowledged")
 
 
 def primaries(r: Any) -> dict[str, Any]:

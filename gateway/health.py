@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel
 
 from auth import public
@@ -16,6 +16,7 @@ from core import forks
 from core.extensions import get_redis
 from core.redis import failure_label, is_unavailable, key, primaries
 from core.schemas import endpoint
+from gateway.jobs.queue import app_connection
 from gateway.ratelimit import limiter
 
 bp = Blueprint("health", __name__)
@@ -72,13 +73,14 @@ def health() -> Response:
     return _ok()
 
 
-def _redis_check() -> dict[str, Any]:
+def _redis_check(client: Any = None) -> dict[str, Any]:
     # A write, not a PING: a full (OOM under noeviction), read-only (a replica after a
     # failover) or busy Redis still answers PING, yet the gateway cannot do its work.
     # One short-lived key per process, so probes never pile keys up.
     started = time.perf_counter()
     try:
-        get_redis().set(key("health", "readyz", forks.pid()), "1", px=READYZ_KEY_TTL_MS)
+        target = client if client is not None else get_redis()
+        target.set(key("health", "readyz", forks.pid()), "1", px=READYZ_KEY_TTL_MS)
     except redis.RedisError as exc:
         # Any Redis error means "not ready"; only an unexpected kind is worth a warning.
         if not is_unavailable(exc):
@@ -96,6 +98,11 @@ def _topology(written: bool) -> dict[str, Any]:
     return report
 
 
+def _jobs_redis_apart() -> bool:
+    jobs = current_app.config.get("JOBS_REDIS_URL")
+    return bool(jobs) and jobs != current_app.config["REDIS_URL"]
+
+
 @bp.get("/readyz")
 @limiter.exempt
 @public
@@ -105,10 +112,15 @@ def readyz() -> tuple[Response, int]:
     redis_check = _redis_check()
     ready = redis_check["status"] == "ok"
     redis_check.update(_topology(ready))
+    checks = {"redis": redis_check}
+    if _jobs_redis_apart():
+        # The queue's own Redis (JOBS_REDIS_URL): without it no job can be enqueued.
+        checks["jobs_redis"] = _redis_check(app_connection())
+        ready = ready and checks["jobs_redis"]["status"] == "ok"
     body = {
         "ready": ready,
         "status": "healthy" if ready else "unhealthy",
-        "checks": {"redis": redis_check},
+        "checks": checks,
         "topology": redis_check["topology"],
         "timestamp": datetime.now(UTC).isoformat(),
     }

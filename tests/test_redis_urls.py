@@ -132,8 +132,9 @@ def test_wait_settings() -> None:
     assert (config["REDIS_WAIT_REPLICAS"], config["REDIS_WAIT_TIMEOUT_MS"]) == (0, 500)
     with pytest.raises(ConfigError, match="REDIS_WAIT"):
         load_config(_env("redis://cache:1/0", REDIS_WAIT_REPLICAS="-1"))
-    with pytest.raises(ConfigError, match="REDIS_WAIT_REPLICAS is not supported with a cluster"):
-        load_config(_env("redis+cluster://n:1", JOBS_REDIS_URL="redis://q:1/0", REDIS_WAIT_REPLICAS="1"))
+    cluster = _env("redis+cluster://n:1", JOBS_REDIS_URL="redis://q:1/0", REDIS_WAIT_REPLICAS="1")
+    on_cluster = load_config(cluster)
+    assert on_cluster["REDIS_WAIT_REPLICAS"] == 1  # WAIT goes to each written slot's primary
 
 
 def test_the_redis_fast_path_runs_on_a_standalone_redis_only() -> None:

@@ -3,6 +3,8 @@ metrics, every script on one slot, the key migration, and a primary's failover."
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -22,6 +24,7 @@ from auth.scopes import ALL_SCOPES
 from core import keymigration
 from core.redis import KEYS
 from devtools.redis_cluster import Cluster
+from gateway import create_app
 from tests.support import script_calls
 from tests.support.instances import session_login_logout, stream_and_resume
 
@@ -168,6 +171,39 @@ def test_migrate_keys_on_the_cluster(rc: RedisCluster) -> None:
     assert keymigration.migrate_keys(rc).moved == 0
 
 
+def _replica_of(redis_cluster: Cluster, primary_port: int) -> int:
+    info = redis_cluster.cli(primary_port, "info", "replication")
+    line = next(line for line in info.splitlines() if line.startswith("slave0:"))
+    return int(line.split("port=")[1].split(",")[0])
+
+
+def test_wait_goes_to_the_written_slots_primary(
+    test_env: dict[str, str],
+    redis_cluster: Cluster,
+    rc: RedisCluster,
+    bearer: Callable[..., tuple[str, dict[str, str]]],
+) -> None:
+    """REDIS_WAIT_REPLICAS=1 on a cluster (before the kill below: every primary has a
+    replica): an event is acknowledged once the replica of the events' primary has it,
+    and answers 503 (error shape) while that replica cannot ack."""
+    env = {"REDIS_URL": redis_cluster.url, "JOBS_REDIS_URL": test_env["REDIS_URL"]}
+    app = create_app({**test_env, **env, "REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "200"})
+    client = app.test_client()
+    _, headers = bearer(["events:write"])
+    assert client.post("/events", json={"event_type": "a"}, headers=headers).status_code == 201
+    primary = int(rc.get_node_from_key(KEYS.events_stream()).port)
+    replica = redis_cluster.processes[_replica_of(redis_cluster, primary)]
+    os.kill(replica.pid, signal.SIGSTOP)  # it stops acknowledging the primary's stream
+    try:
+        answer = client.post("/events", json={"event_type": "b"}, headers=headers)
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    assert answer.status_code == 503, answer.get_data(as_text=True)
+    assert answer.get_json()["status_code"] == 503 and answer.headers["Retry-After"] == "1"
+    redis_cluster.wait_ok()
+    assert client.post("/events", json={"event_type": "c"}, headers=headers).status_code == 201
+
+
 def test_a_primary_killed_mid_traffic_gives_503s_not_500s_and_recovers(
     redis_cluster: Cluster,
     cluster_app: Flask,
@@ -233,7 +269,6 @@ def test_an_agent_stream_on_the_cluster(
 def test_the_fastpath_switch_keeps_redis_on_the_cluster_client(
     test_env: dict[str, str], redis_cluster: Cluster, bearer: Callable[..., tuple[str, dict[str, str]]]
 ) -> None:
-    from gateway import create_app
     from gateway.ratelimit.backend import decider
     from gateway.ratelimit.decision import ScriptTransport
 
