@@ -19,6 +19,7 @@ old key is left in place and counted as a conflict, for an operator to look at.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,15 +130,53 @@ def migrate_keys(r: Any) -> Report:
     return report
 
 
+def migrate_while(
+    r: Any, seconds: float, interval: float, on_pass: Callable[[Report], None] = lambda _: None
+) -> Report:
+    """Run :func:`migrate_keys` every ``interval`` seconds for ``seconds`` (then once more):
+    during a rolling deploy the old instances keep writing old names (an event, a new key)
+    until they are gone, and each pass moves what they wrote since the last. One pass at
+    least; the returned report sums them all. Safe beside another run (a rename never
+    overwrites), and each pass is a SCAN, so ``interval`` bounds the load it adds."""
+    total = Report()
+    deadline = time.monotonic() + seconds
+    while True:
+        last = time.monotonic() >= deadline
+        report = migrate_keys(r)
+        on_pass(report)
+        total.moved += report.moved
+        total.conflicts.extend(c for c in report.conflicts if c not in total.conflicts)
+        if last:
+            return total
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+
+
 redis_cli = AppGroup("redis", help="Maintain the gateway's Redis data.")
 
 
 @redis_cli.command("migrate-keys")
-def migrate_keys_command() -> None:
+@click.option(
+    "--watch",
+    "watch",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Keep migrating for this many seconds (the rolling deploy's length): old instances "
+    "still write old names until they are gone.",
+)
+@click.option("--interval", type=click.FloatRange(min=0.1), default=30, show_default=True)
+def migrate_keys_command(watch: float, interval: float) -> None:
     """Rename keys of the untagged layout of earlier releases (safe to run again)."""
     from core.extensions import get_redis
 
-    report = migrate_keys(get_redis())
+    if watch <= 0:
+        _echo(migrate_keys(get_redis()))
+        return
+    total = migrate_while(get_redis(), watch, interval, on_pass=_echo)
+    click.echo(f"moved {total.moved} keys in all over {watch:g} s")
+
+
+def _echo(report: Report) -> None:
     click.echo(f"moved {report.moved} keys to the tagged layout")
     for old in report.conflicts:
         click.echo(f"  left {old}: its new name exists already", err=True)

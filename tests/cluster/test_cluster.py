@@ -204,6 +204,28 @@ def test_wait_goes_to_the_written_slots_primary(
     assert client.post("/events", json={"event_type": "c"}, headers=headers).status_code == 201
 
 
+def test_migrate_keys_watch_moves_what_old_instances_write_later(
+    cluster_app: Flask, rc: RedisCluster
+) -> None:
+    # An old instance still serving after the first pass writes an old-layout key: the
+    # watching run moves it on a later pass, without a second run by hand.
+    def old_instance() -> None:
+        time.sleep(0.5)
+        rc.hset("gw:keys:record:key_late", mapping={"id": "key_late"})
+
+    writer = threading.Thread(target=old_instance)
+    writer.start()
+    result = cluster_app.test_cli_runner().invoke(
+        args=["redis", "migrate-keys", "--watch", "1.5", "--interval", "0.2"]
+    )
+    writer.join()
+    assert result.exit_code == 0, result.output
+    assert rc.hget(KEYS.key_record("key_late"), "id") == "key_late" and not rc.exists(
+        "gw:keys:record:key_late"
+    )
+    assert "moved 1 keys in all over 1.5 s" in result.output
+
+
 def test_a_primary_killed_mid_traffic_gives_503s_not_500s_and_recovers(
     redis_cluster: Cluster,
     cluster_app: Flask,
