@@ -11,7 +11,8 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Count every answer to an identity and register /auth/usage and /admin/keys/<id>/usage."""
-    from gateway.usage import hooks, routes
+    from gateway.usage import alerts, hooks, routes
 
     hooks.init_app(app)
+    alerts.init_app(app)
     app.register_blueprint(routes.bp)
