@@ -19,6 +19,35 @@ RETENTION_SECONDS = RETENTION_DAYS * 24 * 3600
 DAY_SECONDS = 24 * 3600
 
 
+def tokens_by_key() -> str:
+    """Lifetime tokens per identity (a sorted set: Prometheus shows its top few)."""
+    return tagged("usage", "usage", "tokens_by_key")
+
+
+def tokens_total() -> str:
+    return tagged("usage", "usage", "tokens_total")
+
+
+def key_label(owner: str) -> str:
+    """The key id of ``api_key:<id>``; an admin user stays ``user:<id>`` (as in the usage JSON)."""
+    kind, _, rest = owner.partition(":")
+    return rest if kind == "api_key" else owner
+
+
+def top_tokens(r: Any, count: int) -> tuple[list[tuple[str, int]], int]:
+    """The ``count`` identities with the most tokens, and the tokens of all the others."""
+    pipe = r.pipeline(transaction=False)
+    pipe.zrevrange(tokens_by_key(), 0, max(0, count) - 1, withscores=True)
+    pipe.get(tokens_total())
+    top, total = pipe.execute()
+    top = [] if count <= 0 else [(_text(who), int(score)) for who, score in top]
+    return top, max(0, int(total or 0) - sum(n for _, n in top))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def day_key(owner: str, day: str) -> str:
     return tagged("usage", owner_tag(owner), "day", day)
 
@@ -39,6 +68,10 @@ def write(r: Any, deltas: Mapping[tuple[str, int], Mapping[str, int]]) -> None:
             if count:
                 pipe.hincrby(name, field, count)
         pipe.expire(name, RETENTION_SECONDS)
+        tokens = fields.get("tokens", 0)
+        if tokens:
+            pipe.zincrby(tokens_by_key(), tokens, key_label(owner))
+            pipe.incrby(tokens_total(), tokens)
     pipe.execute()
 
 
