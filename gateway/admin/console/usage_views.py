@@ -18,9 +18,9 @@ from flask import request
 from auth import require_scope
 from auth.scopes import ADMIN
 from core.extensions import get_redis
-from core.schemas import endpoint
 from gateway.admin.console import actions
 from gateway.admin.console.views import _key_or_404, _page, bp
+from gateway.openapi import hide_from_schema
 from gateway.usage import store
 
 CHART_DAYS = 30
@@ -96,12 +96,7 @@ def keys_listing(args: Mapping[str, str]) -> dict[str, Any]:
 
 @bp.get("/console/keys/<key_id>")
 @require_scope(ADMIN)
-@endpoint(
-    "Admin console: one key's page with its last 30 days of usage (HTML)",
-    tags=("console",),
-    responses={200: "The key's page.", 404: "No such key."},
-    content_type="text/html",
-)
+@hide_from_schema
 def key_page(key_id: str) -> tuple[str, int]:
     """A key's details and its requests and tokens per day, as server-drawn SVG."""
     key = _key_or_404(key_id)
