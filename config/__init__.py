@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from config.allowlists import parse_hosts, parse_origins
 from config.parsers import (
@@ -160,6 +161,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EVENTS_RETENTION_DAYS", parse_int, 30),
     Setting("AGENT_SESSIONS_MAX", parse_int, 1000),
     Setting("JOBS_QUEUED_MAX", parse_int, 100),
+    # Quota alerts (docs/usage-and-alerts.md): POSTed, signed, by the job worker.
+    Setting("WEBHOOK_URL", parse_str),
+    Setting("WEBHOOK_SECRET", parse_str),
+    Setting("WEBHOOK_TIMEOUT", parse_float, 5.0),
+    # Prometheus shows per-key token counters for this many keys (most tokens), the rest as "other".
+    Setting("USAGE_PROMETHEUS_TOP_KEYS", parse_int, 20),
     Setting("LOG_LEVEL", parse_choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     # Access lines are written in batches this often (0: each line at once; gateway/logging.py).
     Setting("ACCESS_LOG_FLUSH_MS", parse_int, 100),
@@ -230,6 +237,10 @@ class Config:
             raise ConfigError(
                 f"STREAM_TICKET_SECONDS must be 1 to 120, got {values['STREAM_TICKET_SECONDS']}"
             )
+        if values["WEBHOOK_URL"] and not values["WEBHOOK_SECRET"]:
+            raise ConfigError("WEBHOOK_SECRET is required when WEBHOOK_URL is set (alerts are signed)")
+        if values["WEBHOOK_URL"] and urlsplit(values["WEBHOOK_URL"]).scheme not in ("http", "https"):
+            raise ConfigError("WEBHOOK_URL must be an http:// or https:// URL")
         if values["TRUSTED_PROXY_COUNT"] < 0 or values["AGENT_BUILTIN_DELAY_MS"] < 0:
             raise ConfigError("TRUSTED_PROXY_COUNT and AGENT_BUILTIN_DELAY_MS cannot be negative")
 

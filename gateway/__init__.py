@@ -42,12 +42,13 @@ def _init_extensions(app: Flask) -> None:
     import auth
     from core import bodies, errors, keymigration
     from core.extensions import redis_store
-    from gateway import logging, metrics, ratelimit, security
+    from gateway import logging, metrics, ratelimit, security, usage
 
     errors.init_app(app)
     redis_store.init_app(app)
     app.cli.add_command(keymigration.redis_cli)  # flask redis migrate-keys
     metrics.init_app(app)
+    usage.init_app(app)  # per-key usage: after_request counting, the tokens_counted listener
     bodies.init_app(app)  # WSGI middleware: bounds how long any body read may take
     # The order a request meets them (DESIGN.md): request id and access log; ProxyFix,
     # https redirect, security headers and CORS; the limiter; Flask-Login identities.

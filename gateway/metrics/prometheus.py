@@ -30,9 +30,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class SnapshotCollector:
     """A prometheus_client collector over one Redis snapshot (read once per scrape)."""
 
-    def __init__(self, snapshot: store.Snapshot, queue_depths: dict[str, int]) -> None:
+    def __init__(
+        self,
+        snapshot: store.Snapshot,
+        queue_depths: dict[str, int],
+        tokens: tuple[list[tuple[str, int]], int] | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.queue_depths = queue_depths
+        self.tokens = tokens
 
     def collect(self) -> Iterator[Metric]:
         yield self._requests()
@@ -44,6 +50,20 @@ class SnapshotCollector:
             "gateway_upstream_failures", "Failed calls to agent backends", "backend", "upstream_fail"
         )
         yield from self._gauges()
+        if self.tokens is not None:
+            yield self._tokens(*self.tokens)
+
+    def _tokens(self, top: list[tuple[str, int]], other: int) -> Metric:
+        # Bounded: the USAGE_PROMETHEUS_TOP_KEYS keys with the most tokens, the rest as "other".
+        family = CounterMetricFamily(
+            "gateway_agent_tokens",
+            "Agent reply tokens of the top keys by tokens, the rest as other",
+            labels=["key"],
+        )
+        for key, value in top:
+            family.add_metric([key], value)
+        family.add_metric(["other"], other)
+        return family
 
     def _requests(self) -> Metric:
         family = CounterMetricFamily(
@@ -125,8 +145,12 @@ class SnapshotCollector:
         return family
 
 
-def prometheus_text(snapshot: store.Snapshot, queue_depths: dict[str, int]) -> bytes:
-    """The text exposition format of everything in ``snapshot``."""
+def prometheus_text(
+    snapshot: store.Snapshot,
+    queue_depths: dict[str, int],
+    tokens: tuple[list[tuple[str, int]], int] | None = None,
+) -> bytes:
+    """The text exposition format of everything in ``snapshot`` (and the top keys' tokens)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, queue_depths))
+    registry.register(SnapshotCollector(snapshot, queue_depths, tokens))
     return generate_latest(registry)

@@ -67,7 +67,9 @@ def prometheus() -> Response:
     """Prometheus text exposition of every worker's metrics together."""
     from gateway.jobs.queue import app_connection, queue_depths
     from gateway.metrics.prometheus import prometheus_text
+    from gateway.usage.store import top_tokens
 
     snapshot = _snapshot()
-    body = prometheus_text(snapshot, queue_depths(app_connection()))  # the queue: JOBS_REDIS_URL
+    tokens = top_tokens(get_redis(), current_app.config["USAGE_PROMETHEUS_TOP_KEYS"])
+    body = prometheus_text(snapshot, queue_depths(app_connection()), tokens)  # the queue: JOBS_REDIS_URL
     return Response(body, content_type=PROMETHEUS_CONTENT_TYPE)

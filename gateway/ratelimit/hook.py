@@ -33,7 +33,7 @@ from core.errors import APIError
 from core.redis import REDIS_UNAVAILABLE
 from gateway import fastpath
 from gateway.metrics import recorder
-from gateway.ratelimit import admission, headers
+from gateway.ratelimit import admission, crossings, headers
 from gateway.ratelimit.backend import EXTENSION_KEY, REQUEST_STATE, STORAGE_URI, STRATEGY_NAME, decider
 from gateway.ratelimit.decision import Decider, Decision
 from gateway.ratelimit.policies import Policy, anonymous_policies, declared_policies, identity_policies
@@ -281,6 +281,7 @@ def settle(response: Response) -> Response:
         if state.conditional:
             _give_back(state, response)
         headers.add_headers(response, decision, append=decider().append_headers)
+        crossings.notice(decision)  # arithmetic on the decision's figures; a signal only on a crossing
     return response
 
 

@@ -33,8 +33,10 @@ def bearer(secret: str) -> dict[str, str]:
 
 
 def metrics_flush(command: str) -> bool:
-    """A command of a background metrics flush (a MULTI of HINCRBYs on its own connection)."""
-    return "gw:metrics:" in command or command in ("MULTI", "EXEC", "CLIENT SETNAME gateway")
+    """A command of a background metrics or usage flush (a MULTI of HINCRBYs on its own connection)."""
+    if "gw:metrics:" in command or "gw:usage:" in command:
+        return True
+    return command in ("MULTI", "EXEC", "CLIENT SETNAME gateway")
 
 
 @contextmanager

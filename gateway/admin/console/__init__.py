@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Flask
 
 from gateway import ratelimit
-from gateway.admin.console import error_pages
+from gateway.admin.console import error_pages, usage_views  # noqa: F401  # usage_views adds its routes to bp
 from gateway.admin.console.csrf import csrf_token
 from gateway.admin.console.views import bp
 
