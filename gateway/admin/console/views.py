@@ -146,7 +146,8 @@ def logout() -> Response:
 )
 def keys() -> tuple[str, int]:
     """The admin console (HTML): every API key, newest first; anonymous visitors go to the login page."""
-    return _page("keys.html", keys=actions.list_keys(), section="keys")
+    # The rows come from console_keys_listing (usage_views): filtered, searched and paged.
+    return _page("keys.html", section="keys")
 
 
 @bp.get("/console/keys/new")
