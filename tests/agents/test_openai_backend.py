@@ -292,7 +292,8 @@ def _imported_modules(path: Path) -> set[str]:
 
 def test_only_the_openai_backend_makes_outbound_http_calls() -> None:
     """SSRF: no request can pick where the gateway connects; the one HTTP client goes to the
-    configured OPENAI_BASE_URL. A new outbound call has to be added here, on purpose."""
+    configured OPENAI_BASE_URL, and the job worker's quota alerts to the configured WEBHOOK_URL.
+    A new outbound call has to be added here, on purpose."""
     root = Path(__file__).resolve().parents[2]
     callers = {
         str(path.relative_to(root))
@@ -302,4 +303,4 @@ def test_only_the_openai_backend_makes_outbound_http_calls() -> None:
             name.split(".")[0] in OUTBOUND_HTTP or name in OUTBOUND_HTTP for name in _imported_modules(path)
         )
     }
-    assert callers == {"gateway/agents/backends/openai.py"}
+    assert callers == {"gateway/agents/backends/openai.py", "gateway/jobs/webhooks.py"}

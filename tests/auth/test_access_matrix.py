@@ -35,10 +35,12 @@ ANY_IDENTITY = ""
 # CONTRACT section 3: (method, rule) -> scope ("" = any identity); "/admin/..." needs admin.
 CONTRACT_SCOPES = {
     ("GET", "/auth/me"): ANY_IDENTITY,
+    ("GET", "/auth/usage"): ANY_IDENTITY,  # section 8: its own usage
     ("POST", "/auth/logout"): ANY_IDENTITY,
     ("POST", "/agents/session"): "agents:write",
     ("POST", "/agents/message"): "agents:write",
     ("GET", "/agents/stream"): "agents:write",
+    ("POST", "/agents/stream/ticket"): "agents:write",  # section 8
     ("GET", "/agents/sessions"): "agents:read",
     ("GET", "/agents/session/<session_id>/messages"): "agents:read",
     ("GET", "/jobs"): "jobs:read",
