@@ -21,7 +21,10 @@ from gateway.ratelimit.decision import Decision
 
 THRESHOLDS = (0.8, 1.0)
 QUOTA = "quota"
-_MAX_WINDOWS = 10_000  # windows remembered per process; expired ones are dropped past this
+# Windows remembered per process (the policy caches' size). Past it the expired ones go, and if
+# that is not enough, all: a forgotten window only costs its next crossing a repeated signal,
+# which the listener's SET NX answers; scanning a full table on every request would not do.
+_MAX_WINDOWS = 65_536
 
 _seen: dict[str, tuple[float, int]] = {}  # counter key -> (window end, last count seen)
 _lock = threading.Lock()
@@ -67,3 +70,5 @@ def notice(decision: Decision) -> None:
 def _prune(now: float) -> None:
     for name in [name for name, (end, _) in _seen.items() if end <= now]:
         del _seen[name]
+    if len(_seen) > _MAX_WINDOWS // 2:
+        _seen.clear()
