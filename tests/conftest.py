@@ -17,6 +17,7 @@ from auth.scopes import ALL_SCOPES
 from devtools.gunicorn import GunicornServer
 from devtools.redis_server import RedisServer
 from gateway import create_app
+from gateway.usage import buffer as usage_buffer
 from tests.support.probes import add_probe_routes
 
 
@@ -42,7 +43,11 @@ def test_env(redis_url: str) -> dict[str, str]:
 
 @pytest.fixture
 def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A direct client to the suite's Redis, flushed before each test."""
+    """A direct client to the suite's Redis, flushed before each test.
+
+    Usage counts are buffered per process and Redis URL (gateway.usage.buffer): an earlier
+    test's app would flush its leftovers into this test's empty Redis, so they go first."""
+    usage_buffer.discard_all()
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     client.flushall()
     yield client

@@ -87,6 +87,14 @@ def flush_all(*, quiet: bool = False) -> None:
         buffer.flush(quiet=quiet)
 
 
+def discard_all() -> None:
+    """Drop every buffer and what it holds, for a process that starts over on an empty Redis
+    (the test suite, between tests): counts of an earlier app must not land in the next one's
+    Redis, nor a Redis that is gone be retried for the rest of the process."""
+    with _buffers_lock:
+        _buffers.clear()
+
+
 def _forget_all() -> None:
     for buffer in list(_buffers.values()):
         buffer.forget()
