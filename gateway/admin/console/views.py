@@ -177,15 +177,7 @@ def _new_key_page(
 @hide_from_schema
 def create_key() -> Response | tuple[str, int]:
     """Create the key and show its secret, once."""
-    form = {
-        "name": request.form.get("name", "").strip(),
-        "scopes": request.form.getlist("scope"),
-        "rate_limit": request.form.get("rate_limit", "").strip() or None,
-        "quota": request.form.get("quota", "").strip() or None,
-        "token_quota": request.form.get("token_quota", "").strip() or None,
-        "allowed_ips": request.form.get("allowed_ips", ""),
-        "expires_in_days": request.form.get("expires_in_days", "").strip() or None,
-    }
+    form = _key_form()
     form_id = request.form.get("form_id")
     try:
         new = actions.validate_new_key(form)
@@ -210,7 +202,8 @@ def _key_or_404(key_id: str) -> dict[str, Any]:
     return record
 
 
-def _edit_form() -> dict[str, Any]:
+def _key_form() -> dict[str, Any]:
+    """A key's fields as the new-key and edit forms post them (validated by the caller)."""
     return {
         "name": request.form.get("name", "").strip(),
         "scopes": request.form.getlist("scope"),
@@ -219,8 +212,11 @@ def _edit_form() -> dict[str, Any]:
         "token_quota": request.form.get("token_quota", "").strip() or None,
         "allowed_ips": request.form.get("allowed_ips", ""),
         "expires_in_days": request.form.get("expires_in_days", "").strip() or None,
-        "never_expires": bool(request.form.get("never_expires")),
     }
+
+
+def _edit_form() -> dict[str, Any]:
+    return {**_key_form(), "never_expires": bool(request.form.get("never_expires"))}
 
 
 def _edit_page(key: dict[str, Any], form: dict[str, Any], error: str | None = None) -> tuple[str, int]:
